@@ -1,0 +1,41 @@
+"""The ``meragent`` command line: a root typer app composed of one sub-app per command group.
+
+Every command is thin (parse, build a config, call one library function); the groups live in
+``meragent.commands`` so this module stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from meragent.commands import (
+    config_cmd,
+    data_cmd,
+    eval_cmd,
+    features_cmd,
+    finetune_cmd,
+    fusion_cmd,
+    pipeline_cmd,
+    trace_cmd,
+)
+
+app = typer.Typer(
+    name="meragent",
+    help="Multimodal emotion recognition agent (MER2023/MER2024: six-class and open-vocabulary).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(features_cmd.app, name="features")
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(fusion_cmd.app, name="fusion")
+app.add_typer(finetune_cmd.app, name="finetune")
+app.add_typer(trace_cmd.app, name="trace")
+pipeline_cmd.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

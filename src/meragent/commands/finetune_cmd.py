@@ -1,0 +1,7 @@
+"""``meragent finetune``: commands (being built)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="finetune commands.", no_args_is_help=True)

@@ -1,0 +1,7 @@
+"""``meragent fusion``: commands (being built)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="fusion commands.", no_args_is_help=True)

@@ -1,0 +1,1 @@
+"""data subpackage (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""finetune subpackage (see DESIGN.md)."""

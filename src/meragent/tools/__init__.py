@@ -1,0 +1,1 @@
+"""tools subpackage (see DESIGN.md)."""
