@@ -1,7 +1,105 @@
-"""``meragent data``: commands (being built)."""
+"""``meragent data``: validate clip sources and write synthetic clips."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-app = typer.Typer(help="data commands.", no_args_is_help=True)
+from meragent.commands.errors import friendly_errors
+
+if TYPE_CHECKING:
+    from meragent.data.check import CheckReport
+
+app = typer.Typer(help="Check clip sources and make synthetic clips.", no_args_is_help=True)
+
+
+class SynthAudio(StrEnum):
+    """What the synthetic clips' audio track holds."""
+
+    speech = "speech"
+    tone = "tone"
+
+
+@app.command("check")
+@friendly_errors
+def check(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A MER2024/MER2023 folder, a CSV/JSONL manifest, a folder of videos or a video."
+        ),
+    ],
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            help="Folder that manifest paths resolve against and must stay inside "
+            "(default: the manifest's folder).",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Only this split (MER layouts: train, test1, ...; CSV: 'split' column)."),
+    ] = None,
+    probe: Annotated[
+        bool,
+        typer.Option("--probe", help="Also open each video's header and report unreadable files."),
+    ] = False,
+) -> None:
+    """Validate a clip source; print a summary and one line per bad row (exit 1 if any)."""
+    from meragent.data.check import check_source
+
+    report = check_source(source, data_root=data_root, split=split, probe=probe)
+    _print_report(report)
+    if report.errors:
+        for error in report.errors:
+            typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command("synth")
+@friendly_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write video/*.mp4 and manifest.csv into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of clips to write.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for the per-clip motion and noise.")] = 0,
+    duration: Annotated[
+        float,
+        typer.Option(min=0.1, help="Minimum clip length in seconds (grows to fit the sentence)."),
+    ] = 2.0,
+    audio: Annotated[
+        SynthAudio, typer.Option(help="Audio track: a spoken sentence or a tone.")
+    ] = SynthAudio.speech,
+) -> None:
+    """Write K synthetic talking-face clips (real face photo, speech) and a CSV manifest."""
+    from meragent.data.synth import make_synthetic_dataset
+
+    manifest = make_synthetic_dataset(out, n, seed=seed, duration_s=duration, audio=audio.value)
+    typer.echo(f"wrote {n} clips; manifest: {manifest}")
+
+
+def _print_report(report: CheckReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.source} ({report.layout})", show_header=False)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    if report.splits:
+        using = f" (using {report.split})" if report.split else ""
+        table.add_row("splits", ", ".join(report.splits) + using)
+    table.add_row("clips", str(report.n_clips))
+    table.add_row("bad rows", str(report.n_errors))
+    table.add_row("missing files", str(len(report.missing_files)))
+    for name, count in report.class_histogram.items():
+        table.add_row(f"  {name}", str(count))
+    table.add_row("with subtitle", str(report.n_with_subtitle))
+    table.add_row("with open-set labels", str(report.n_with_openset))
+    table.add_row("with valence", str(report.n_with_valence))
+    table.add_row("with audio file", str(report.n_with_audio_file))
+    if report.n_probed:
+        table.add_row("headers probed", str(report.n_probed))
+    Console(soft_wrap=True).print(table)

@@ -1,10 +1,191 @@
-"""Top-level pipeline commands: ``run``, ``batch``, ``demo`` (being built)."""
+"""Top-level pipeline commands: ``run`` (one clip), ``batch`` (a manifest), ``demo``.
+
+Each command builds Settings, calls one function of ``meragent.graphs`` and prints the result;
+the graph, models and stores are imported only when a command runs.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from meragent.commands.errors import friendly_errors
+from meragent.config import load_settings
+
+if TYPE_CHECKING:
+    from meragent.graphs.batch import BatchSummary
+
+TrackOption = Annotated[
+    str,
+    typer.Option(
+        help="What to answer: ov (open-vocabulary labels), semi / noise (six-class), or all."
+    ),
+]
+ProfileOption = Annotated[
+    str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
+]
+
+
+def _clip_payload(outcome: Any) -> dict[str, Any]:
+    """The machine-readable answer of ``meragent run --json``."""
+    output = outcome.output
+    prediction = output.get("prediction")
+    return {
+        "clip": outcome.clip.id,
+        "discrete": getattr(prediction, "discrete", None),
+        "probs": getattr(prediction, "probs", None),
+        "openset": getattr(prediction, "openset", []),
+        "description": output.get("description"),
+        "flags": getattr(prediction, "flags", []),
+        "clues": [clue.model_dump(mode="json") for clue in output.get("clues", [])],
+        "metrics": output.get("metrics"),
+        "latency_s": round(outcome.latency_s, 3),
+        "trace": {"run": outcome.run_id, "store": str(outcome.run_dir / "trace.sqlite")},
+    }
+
+
+def _print_clip(payload: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(show_header=False, box=None)
+    table.add_row("clip", payload["clip"])
+    table.add_row("six-class", str(payload["discrete"] or "—"))
+    table.add_row("labels", ", ".join(payload["openset"]) or "—")
+    table.add_row("description", payload["description"] or "—")
+    for clue in payload["clues"]:
+        state = clue["text"] if clue["available"] else f"unavailable ({clue.get('error')})"
+        table.add_row(f"{clue['modality']} clue", f"[{clue['source']}] {state}")
+    if payload["flags"]:
+        table.add_row("flags", ", ".join(payload["flags"]))
+    if payload["metrics"]:
+        table.add_row("metrics", json.dumps(payload["metrics"]))
+    console.print(table, markup=False)
+    trace = payload["trace"]
+    console.print(f"trace: meragent trace show {trace['run']} {payload['clip']}", markup=False)
+
+
+def _print_summary(summary: BatchSummary) -> None:
+    typer.echo(
+        f"run {summary.run_name}: {summary.n_ok} ok, {summary.n_failed} failed, "
+        f"{summary.n_skipped} already done, {summary.n_row_errors} bad manifest rows "
+        f"({summary.elapsed_s:.1f} s, {summary.clips_per_s:.2f} clips/s)"
+    )
+    outputs = summary.outputs
+    if outputs is not None:
+        for path in (outputs.discrete, outputs.openset, outputs.parquet, outputs.errors):
+            if path is not None:
+                typer.echo(f"  {path}")
+        if outputs.metrics is not None:
+            typer.echo(f"  {outputs.metrics}")
+    for role, usage in summary.usage.items():
+        typer.echo(
+            f"  {role}: {usage['calls']} calls, {usage['input_tokens']}+{usage['output_tokens']}"
+            f" tokens, {usage['retries']} retries, ${usage['cost_usd']:.4f}"
+        )
+    for failure in summary.failures[:5]:
+        typer.echo(f"  failed {failure.clip_id} [{failure.stage}]: {failure.reason}")
+
+
+def run_command(
+    clip: Annotated[
+        str,
+        typer.Argument(
+            help="A video/audio file, a one-clip manifest, or MANIFEST#CLIP_ID (or #ROW)."
+        ),
+    ],
+    track: TrackOption = "all",
+    profile: ProfileOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of a table.")
+    ] = False,
+) -> None:
+    """Answer one clip: the six-class emotion, open-vocabulary labels and the description."""
+    from meragent.graphs.pipeline import run_one
+
+    settings = load_settings(profile=profile)
+    outcome = run_one(settings, clip, track=track)
+    payload = _clip_payload(outcome)
+    if as_json:
+        typer.echo(json.dumps(payload, ensure_ascii=False, default=str))
+    else:
+        _print_clip(payload)
+
+
+def batch_command(
+    source: Annotated[
+        Path, typer.Argument(help="A manifest (CSV/JSONL), a MER data folder or a video folder.")
+    ],
+    run: Annotated[str, typer.Option("--run", help="Run name: outputs go to runs/NAME/.")],
+    concurrency: Annotated[
+        int, typer.Option(help="Clips processed at the same time (threads).", min=1)
+    ] = 1,
+    track: TrackOption = "all",
+    resume: Annotated[
+        bool, typer.Option(help="Continue a run: skip clips it already finished.")
+    ] = False,
+    profile: ProfileOption = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the first N clips of the source.", min=1)
+    ] = None,
+) -> None:
+    """Run every clip of SOURCE; write MER submission CSVs, results.parquet and errors.csv."""
+    from meragent.graphs.batch import BatchOptions, run_batch
+
+    settings = load_settings(profile=profile)
+    options = BatchOptions(track=track, concurrency=concurrency, resume=resume, limit=limit)
+    summary = run_batch(settings, source, run, options)
+    _print_summary(summary)
+
+
+def demo_command(
+    clips: Annotated[int, typer.Option(help="How many synthetic clips to run.", min=1)] = 2,
+    profile: Annotated[
+        str, typer.Option(help="Profile to run (the default needs no network and no GPU).")
+    ] = "offline",
+) -> None:
+    """Make (or reuse) synthetic clips and run the full pipeline on them, offline."""
+    from meragent.graphs.pipeline import run_demo
+
+    settings = load_settings(profile=profile)
+    typer.echo(f"demo clips: {settings.home / 'demo' / 'clips'} (models load first, ~1 min)")
+    result = run_demo(settings, n_clips=clips)
+    _print_summary(result.summary)
+    _print_demo_answers(result)
+
+
+def _print_demo_answers(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from meragent.graphs.trace import read_trace
+
+    table = Table("clip", "six-class", "truth", "labels", "description")
+    with read_trace(result.summary.run_dir) as store:
+        for record in store.results(result.summary.run_name):
+            clip = (record.result or {}).get("clip") or {}
+            description = (record.description or record.error or "")[:160]
+            table.add_row(
+                record.clip_id,
+                record.discrete or record.status,
+                str(clip.get("discrete") or ""),
+                ", ".join(record.openset or []),
+                description,
+            )
+    console = Console()
+    console.print(table)
+    run = result.summary.run_name
+    console.print(f"trace store: {result.summary.run_dir / 'trace.sqlite'}", markup=False)
+    console.print(f"trace page:  {result.html}", markup=False)
+    console.print(f"step by step: meragent trace show {run} CLIP", markup=False)
 
 
 def register(app: typer.Typer) -> None:
     """Attach the pipeline commands to the root app."""
-    del app
+    app.command("run")(friendly_errors(run_command))
+    app.command("batch")(friendly_errors(batch_command))
+    app.command("demo")(friendly_errors(demo_command))

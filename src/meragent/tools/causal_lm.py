@@ -174,7 +174,8 @@ def load_base_model(model: str, *, device: str = "cpu", dtype: str = "auto") -> 
         lm = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(_ROLE, model, _first_line(exc)) from exc
-    return lm.to(device).eval()
+    lm = lm.to(device)  # type: ignore[arg-type]  # transformers' stubs mistype .to()
+    return lm.eval()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -199,7 +200,9 @@ def load_causal_lm_uncached(
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError("LoRA adapter", adapter, _first_line(exc)) from exc
         model_id = f"{model}+{Path(adapter).name}"
-    return LoadedLM(model=lm, tokenizer=tokenizer, model_id=model_id, has_chat_template=has_template)
+    return LoadedLM(
+        model=lm, tokenizer=tokenizer, model_id=model_id, has_chat_template=has_template
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -245,11 +248,12 @@ def generate_chat_batch(
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     try:
         # The template already writes any BOS the model expects.
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = previous_side
     device = next(lm.model.parameters()).device
-    batch = {key: value.to(device) for key, value in batch.items()}
+    # Only ids and mask: some tokenizers add token_type_ids, which decoder LMs reject.
+    batch = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
     sampling: dict[str, Any] = (
         {"do_sample": True, "temperature": temperature}
         if temperature > 0
@@ -263,10 +267,11 @@ def generate_chat_batch(
             **sampling,
         )
     prompt_width = batch["input_ids"].shape[1]
+    stops = stop_token_ids(lm)
     results = []
     for row, mask in zip(output, batch["attention_mask"], strict=True):
         new_tokens = row[prompt_width:]
-        completion = _strip_padding(new_tokens.tolist(), tokenizer)
+        completion = _cut_at_stop(new_tokens.tolist(), stops)
         results.append(
             GenerationResult(
                 text=tokenizer.decode(completion, skip_special_tokens=True).strip(),
@@ -277,9 +282,18 @@ def generate_chat_batch(
     return results
 
 
-def _strip_padding(tokens: list[int], tokenizer: Any) -> list[int]:
-    """Cut a generated row at its first EOS/pad: later tokens are batch padding."""
-    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+def stop_token_ids(lm: LoadedLM) -> set[int]:
+    """Token ids that end a turn: the tokenizer's EOS/pad and the generation config's EOS."""
+    tokenizer = lm.tokenizer
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    config = getattr(lm.model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    stops.update(configured if isinstance(configured, list) else [configured])
+    return {int(token) for token in stops if token is not None}
+
+
+def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
+    """Cut a generated row after its first stop token: later tokens are batch padding."""
     for index, token in enumerate(tokens):
         if token in stops:
             return tokens[: index + 1]

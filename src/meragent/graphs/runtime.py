@@ -1,0 +1,134 @@
+"""Everything a graph run needs, built once from Settings: tools, chat models, decoder, fusion.
+
+``build_runtime`` loads only what the track needs (no labeler for six-class tracks, no LLM at
+all when a trained fusion head answers them). ``fake_runtime`` swaps in the doubles from
+``graphs.fakes``; ``runtime_for`` picks it when ``MERAGENT_FAKE_RUNTIME=1`` (tests, benchmark).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from meragent.agents.chat import RoleChat, UsageTally, make_chat_model, policy_for
+from meragent.config import Settings
+from meragent.graphs.media_cache import MediaDecoder, default_decoder
+
+#: Set to 1 to run the pipeline on fakes (subprocess tests, benchmark): no weights, no decoding.
+FAKE_RUNTIME_ENV = "MERAGENT_FAKE_RUNTIME"
+#: Seconds each fake tool / LLM call sleeps (to make fake runs take measurable time).
+FAKE_DELAY_ENV = "MERAGENT_FAKE_DELAY_S"
+
+#: Chat roles of the graph and the profile role that configures each.
+CHAT_ROLES: dict[str, str] = {"reasoning": "reasoning_llm", "labeler": "labeler_llm"}
+
+
+@dataclass
+class Runtime:
+    """Loaded models and helpers shared by every clip of a run."""
+
+    tools: Any
+    chat_models: dict[str, RoleChat | None]
+    decoder: MediaDecoder
+    tally: UsageTally
+    fusion_model: Any = None
+    fusion_weights: dict[str, float] = field(default_factory=dict)
+    llm_weight: float = 1.0
+    grouper: Any = None
+    secrets: list[str] = field(default_factory=list)
+    fake: bool = False
+
+    def model_ids(self) -> dict[str, str]:
+        """Model id per chat role, for the run record."""
+        return {role: chat.model_id for role, chat in self.chat_models.items() if chat is not None}
+
+
+def _prices(options: dict[str, Any]) -> tuple[float, float]:
+    """USD per 1,000 input / output tokens from a role's options (0 when not given)."""
+    return (
+        float(options.get("usd_per_1k_input", 0.0)),
+        float(options.get("usd_per_1k_output", 0.0)),
+    )
+
+
+def needed_chat_roles(track: str, trained_fusion: bool) -> list[str]:
+    """Which chat roles a track uses."""
+    roles = []
+    if track in ("ov", "all") or not trained_fusion:
+        roles.append("reasoning")
+    if track in ("ov", "all"):
+        roles.append("labeler")
+    return roles
+
+
+def _load_fusion(settings: Settings) -> Any:
+    role = settings.role("fusion")
+    if role.backend != "attention" or not role.model:
+        return None  # late fusion until a trained head is named
+    from meragent.tools.fusion_model import load_fusion_model
+
+    return load_fusion_model(role.model, device=settings.resolved_device())
+
+
+def build_runtime(settings: Settings, *, track: str) -> Runtime:
+    """Load the profile's tools and chat models for ``track`` (real weights)."""
+    from meragent.tools.registry import build_toolset
+
+    tally = UsageTally()
+    fusion_model = _load_fusion(settings)
+    chats: dict[str, RoleChat | None] = dict.fromkeys(CHAT_ROLES)
+    for name in needed_chat_roles(track, fusion_model is not None):
+        role = settings.role(CHAT_ROLES[name])
+        if not role.enabled:
+            continue
+        model = make_chat_model(role, settings, role_name=CHAT_ROLES[name])
+        chats[name] = RoleChat(
+            name,
+            model,
+            policy=policy_for(role, settings),
+            tally=tally,
+            prices=_prices(role.options),
+        )
+    fusion_options = settings.role("fusion").options
+    secrets = [settings.llm_api_key.get_secret_value()] if settings.llm_api_key else []
+    return Runtime(
+        tools=build_toolset(settings),
+        chat_models=chats,
+        decoder=default_decoder(num_frames=settings.num_frames, sample_rate=settings.sample_rate),
+        tally=tally,
+        fusion_model=fusion_model,
+        fusion_weights={str(k): float(v) for k, v in fusion_options.get("weights", {}).items()},
+        llm_weight=float(fusion_options.get("llm_weight", 1.0)),
+        secrets=secrets,
+    )
+
+
+def fake_runtime(*, delay_s: float = 0.0, settings: Settings | None = None) -> Runtime:
+    """Fake tools, decoder and scripted chat models (no weights, no media decoding)."""
+    from meragent.agents.chat import CallPolicy
+    from meragent.graphs.fakes import fake_chat_models, fake_decoder, fake_toolset
+
+    tally = UsageTally()
+    retries = settings.llm_max_retries if settings is not None else 2
+    policy = CallPolicy(timeout_s=None, max_retries=retries, backoff_s=0.01)
+    chats: dict[str, RoleChat | None] = {
+        name: RoleChat(name, model, policy=policy, tally=tally)
+        for name, model in fake_chat_models(delay_s).items()
+    }
+    return Runtime(
+        tools=fake_toolset(delay_s),
+        chat_models=chats,
+        decoder=fake_decoder(delay_s),
+        tally=tally,
+        fake=True,
+    )
+
+
+def runtime_for(settings: Settings, *, track: str) -> Runtime:
+    """The real runtime, or the fake one when ``MERAGENT_FAKE_RUNTIME=1`` is set."""
+    if os.environ.get(FAKE_RUNTIME_ENV, "") not in ("", "0"):
+        return fake_runtime(
+            delay_s=float(os.environ.get(FAKE_DELAY_ENV, "0") or 0), settings=settings
+        )
+    return build_runtime(settings, track=track)

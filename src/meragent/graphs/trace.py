@@ -1,0 +1,405 @@
+"""SQLite trace store: tables ``run``, ``clip_result`` and ``step`` (one row per node execution).
+
+The store is also the batch runner's commit log: a clip counts as done once its
+``clip_result`` row says ``ok``, which is written in one transaction, so a killed process never
+leaves a clip half-recorded. WAL mode and a busy timeout let ``meragent trace`` read while a
+batch writes. Secrets never enter it: the run's config is stored masked and every string is
+scrubbed of the configured secret values before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from meragent.errors import DataError
+from meragent.schema import TraceStep
+
+TRACE_FILE = "trace.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    run_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    track TEXT,
+    profile TEXT,
+    source TEXT,
+    config_json TEXT,
+    usage_json TEXT,
+    n_clips INTEGER DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS clip_result (
+    run_id TEXT NOT NULL,
+    clip_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    discrete TEXT,
+    openset_json TEXT,
+    description TEXT,
+    stage TEXT,
+    error TEXT,
+    latency_s REAL,
+    result_json TEXT,
+    finished_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, clip_id)
+);
+CREATE TABLE IF NOT EXISTS step (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    clip_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    model_id TEXT,
+    inputs_json TEXT,
+    prompt_json TEXT,
+    raw_output TEXT,
+    parsed_json TEXT,
+    latency_s REAL,
+    error TEXT,
+    retries INTEGER DEFAULT 0,
+    started_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS step_by_clip ON step (run_id, clip_id, id);
+"""
+REDACTED = "********"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str | None:
+    """JSON text for a column (None stays NULL); unknown objects become their str()."""
+    if value is None:
+        return None
+    return json.dumps(_to_jsonable(value), ensure_ascii=False, default=str)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class StoredStep(TraceStep):
+    """A step row read back, with its row id and the node's (summarised) inputs."""
+
+    id: int
+    inputs: Any = None
+
+
+class ClipRecord(BaseModel):
+    """A ``clip_result`` row read back."""
+
+    run_id: str
+    clip_id: str
+    seq: int
+    status: str
+    discrete: str | None = None
+    openset: list[str] | None = None
+    description: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    latency_s: float | None = None
+    result: dict[str, Any] | None = None
+    finished_at: str
+
+
+class RunRecord(BaseModel):
+    """A ``run`` row read back, with clip counts."""
+
+    run_id: str
+    created_at: str
+    updated_at: str
+    status: str
+    track: str | None = None
+    profile: str | None = None
+    source: str | None = None
+    config: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+    n_clips: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+
+
+class TraceStore:
+    """Thread-safe access to one run folder's ``trace.sqlite``."""
+
+    def __init__(self, path: Path, *, secrets: Iterable[str] = (), readonly: bool = False):
+        self.path = Path(path)
+        self._secrets = [s for s in secrets if s]
+        self._lock = threading.RLock()
+        if readonly:
+            if not self.path.is_file():
+                raise DataError(f"no trace store at {self.path}")
+            uri = f"file:{self.path}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.row_factory = sqlite3.Row
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._conn:
+            yield self._conn
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Also redact these values from everything written from now on."""
+        self._secrets.extend(s for s in secrets if s)
+
+    def _scrub(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _json(self, value: Any) -> str | None:
+        return self._scrub(dumps(value))
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        track: str,
+        profile: str | None = None,
+        source: str | None = None,
+        config: dict[str, Any] | None = None,
+        n_clips: int = 0,
+    ) -> None:
+        """Create the run row, or mark an existing one running again (resume)."""
+        now = _now()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO run (run_id, created_at, updated_at, status, track, profile, source,"
+                " config_json, n_clips) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)"
+                " ON CONFLICT(run_id) DO UPDATE SET updated_at=excluded.updated_at,"
+                " status='running', profile=excluded.profile, source=excluded.source,"
+                " config_json=excluded.config_json, n_clips=excluded.n_clips",
+                (run_id, now, now, track, profile, source, self._json(config), n_clips),
+            )
+
+    def finish_run(self, run_id: str, *, status: str, usage: dict[str, Any] | None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE run SET status=?, updated_at=?, usage_json=? WHERE run_id=?",
+                (status, _now(), self._json(usage), run_id),
+            )
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM run WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            counts = dict(
+                self._conn.execute(
+                    "SELECT status, COUNT(*) FROM clip_result WHERE run_id=? GROUP BY status",
+                    (run_id,),
+                ).fetchall()
+            )
+        return RunRecord(
+            run_id=row["run_id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            status=row["status"],
+            track=row["track"],
+            profile=row["profile"],
+            source=row["source"],
+            config=loads(row["config_json"]),
+            usage=loads(row["usage_json"]),
+            n_clips=row["n_clips"] or 0,
+            n_ok=counts.get("ok", 0),
+            n_failed=counts.get("failed", 0),
+        )
+
+    def runs(self) -> list[RunRecord]:
+        with self._lock:
+            ids = [r[0] for r in self._conn.execute("SELECT run_id FROM run ORDER BY created_at")]
+        return [run for run in (self.get_run(i) for i in ids) if run is not None]
+
+    # ------------------------------------------------------------------ steps
+
+    def add_step(self, step: TraceStep, *, inputs: Any = None) -> None:
+        """Append one node execution."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO step (run_id, clip_id, node, model_id, inputs_json, prompt_json,"
+                " raw_output, parsed_json, latency_s, error, retries, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    step.run_id,
+                    step.clip_id,
+                    step.node,
+                    step.model_id,
+                    self._json(inputs),
+                    self._json(step.prompt),
+                    self._scrub(step.raw_output),
+                    self._json(step.parsed_output),
+                    step.latency_s,
+                    self._scrub(step.error),
+                    step.retries,
+                    step.started_at.isoformat(timespec="milliseconds"),
+                ),
+            )
+
+    def steps(self, run_id: str, clip_id: str) -> list[StoredStep]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM step WHERE run_id=? AND clip_id=? ORDER BY id", (run_id, clip_id)
+            ).fetchall()
+        return [
+            StoredStep(
+                id=row["id"],
+                run_id=row["run_id"],
+                clip_id=row["clip_id"],
+                node=row["node"],
+                model_id=row["model_id"],
+                inputs=loads(row["inputs_json"]),
+                prompt=loads(row["prompt_json"]),
+                raw_output=row["raw_output"],
+                parsed_output=loads(row["parsed_json"]),
+                latency_s=row["latency_s"] or 0.0,
+                error=row["error"],
+                retries=row["retries"] or 0,
+                started_at=datetime.fromisoformat(row["started_at"]),
+            )
+            for row in rows
+        ]
+
+    def step_count(self, run_id: str) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM step WHERE run_id=?", (run_id,)
+                ).fetchone()[0]
+            )
+
+    # ------------------------------------------------------------------ clip results
+
+    def record_result(
+        self,
+        run_id: str,
+        clip_id: str,
+        *,
+        seq: int,
+        status: str,
+        discrete: str | None = None,
+        openset: list[str] | None = None,
+        description: str | None = None,
+        stage: str | None = None,
+        error: str | None = None,
+        latency_s: float | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert or replace the clip's outcome in one transaction (the clip's commit point)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO clip_result (run_id, clip_id, seq, status, discrete,"
+                " openset_json, description, stage, error, latency_s, result_json, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    clip_id,
+                    seq,
+                    status,
+                    discrete,
+                    self._json(openset),
+                    self._scrub(description),
+                    stage,
+                    self._scrub(error),
+                    latency_s,
+                    self._json(result),
+                    _now(),
+                ),
+            )
+
+    def finished_clips(self, run_id: str) -> set[str]:
+        """Clips whose result is ``ok`` (failed ones are retried on resume)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT clip_id FROM clip_result WHERE run_id=? AND status='ok'", (run_id,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def results(self, run_id: str, *, status: str | None = None) -> list[ClipRecord]:
+        query = "SELECT * FROM clip_result WHERE run_id=?"
+        params: tuple[Any, ...] = (run_id,)
+        if status is not None:
+            query += " AND status=?"
+            params += (status,)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY seq, clip_id", params).fetchall()
+        return [
+            ClipRecord(
+                run_id=row["run_id"],
+                clip_id=row["clip_id"],
+                seq=row["seq"],
+                status=row["status"],
+                discrete=row["discrete"],
+                openset=loads(row["openset_json"]),
+                description=row["description"],
+                stage=row["stage"],
+                error=row["error"],
+                latency_s=row["latency_s"],
+                result=loads(row["result_json"]),
+                finished_at=row["finished_at"],
+            )
+            for row in rows
+        ]
+
+    def clip_ids(self, run_id: str) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT clip_id FROM clip_result WHERE run_id=? ORDER BY seq, clip_id", (run_id,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+
+def trace_path(run_dir: Path) -> Path:
+    """Where a run folder keeps its trace store."""
+    return Path(run_dir) / TRACE_FILE
+
+
+def open_trace(run_dir: Path, *, secrets: Iterable[str] = ()) -> TraceStore:
+    """Open (creating) the trace store of a run folder for writing."""
+    return TraceStore(trace_path(run_dir), secrets=secrets)
+
+
+def read_trace(run_dir: Path) -> TraceStore:
+    """Open an existing run's trace store read-only (DataError when there is none)."""
+    return TraceStore(trace_path(run_dir), readonly=True)

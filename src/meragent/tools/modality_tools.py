@@ -1,0 +1,314 @@
+"""The three tool nodes' workers: acoustic, visual and lexical ``ModalityTool`` implementations.
+
+Each turns one modality of a decoded clip into a ``Clue``: a short factual text for the
+reasoning LLM, six-class probabilities when a head (or the facial-expression model) gives them,
+and a reference to the clip's embedding in the feature cache (never the array itself). Models
+are held in ``Lazy`` holders, so nothing loads until the first clip that needs it, and a
+cached embedding (ours, or one extracted by MERTools) is reused instead of recomputed.
+
+A missing modality gives ``Clue.unavailable``; a clip that breaks one model (too short, corrupt
+frames) keeps whatever the other models found and records the error on the clue. Configuration
+problems (``ModelLoadError``) do propagate: they affect every clip and must be seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from meragent.data.media_types import DecodedMedia
+from meragent.errors import DataError, ModelLoadError
+from meragent.schema import EMOTIONS, Clip, Clue, Modality
+from meragent.tools.feature_cache import FeatureCache
+from meragent.tools.heads import EmotionHead
+from meragent.tools.lazy import Lazy
+from meragent.tools.prosody import describe_prosody, extract_prosody
+
+PROSODY_FEATURE = "prosody-UTT"
+FER_FEATURE = "fer-UTT"
+ENCODER_FAILED = "encoder_failed"
+ASR_FLAG = "asr"
+NO_SPEECH = "no_speech"
+
+#: Per-clip failures a model may raise on odd input; anything else is a bug and propagates.
+CLIP_ERRORS = (DataError, ValueError, RuntimeError)
+
+
+def format_probs(probs: dict[str, float], top: int = 3) -> str:
+    """``"happy 0.82, neutral 0.10, sad 0.04"`` (highest first)."""
+    ranked = sorted(probs.items(), key=lambda item: item[1], reverse=True)[:top]
+    return ", ".join(f"{name} {value:.2f}" for name, value in ranked)
+
+
+def cached_or_computed(
+    cache: FeatureCache, feature: str, clip_id: str, compute: Callable[[], np.ndarray]
+) -> tuple[np.ndarray, str]:
+    """The clip's vector from the cache, or computed now and written there; plus its path."""
+    if cache.has(feature, clip_id):
+        return cache.load(feature, clip_id), str(cache.path(feature, clip_id))
+    vector = np.asarray(compute(), dtype=np.float32)
+    return vector, str(cache.save(feature, clip_id, vector))
+
+
+def head_probs(
+    head: Lazy[EmotionHead | None] | None, vector: np.ndarray
+) -> dict[str, float] | None:
+    if head is None:
+        return None
+    loaded = head.get()
+    return None if loaded is None else loaded.probs_dict(vector)
+
+
+@dataclass
+class EncoderSlot:
+    """An embedding model for one modality, the feature name it writes, and an optional head."""
+
+    model: Lazy[Any]
+    feature: str
+    model_id: str
+    head: Lazy[EmotionHead | None] | None = None
+
+
+@dataclass
+class AcousticTool:
+    """Prosody clue (always, when enabled) + speech-encoder embedding and head probabilities."""
+
+    cache: FeatureCache
+    encoder: EncoderSlot | None = None
+    prosody: bool = True
+    name: str = "acoustic"
+
+    def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        if not media.has_audio or media.audio is None:
+            return Clue.unavailable(Modality.ACOUSTIC, self.name, "clip has no audio track")
+        if not self.prosody and self.encoder is None:
+            return Clue.unavailable(Modality.ACOUSTIC, self.name, "no acoustic model configured")
+        audio = media.audio
+        texts: list[str] = []
+        data: dict[str, Any] = {}
+        flags: list[str] = []
+        feature_ref: str | None = None
+        probs: dict[str, float] | None = None
+        error: str | None = None
+        if self.prosody:
+            features = extract_prosody(audio, media.sample_rate)
+            texts.append("voice: " + describe_prosody(features))
+            data["prosody"] = features.as_dict()
+            _, feature_ref = cached_or_computed(
+                self.cache, PROSODY_FEATURE, clip.id, features.as_vector
+            )
+            data["prosody_ref"] = feature_ref
+            if features.silent:
+                flags.append("silent")
+        if self.encoder is not None:
+            slot = self.encoder
+            try:
+                vector, feature_ref = cached_or_computed(
+                    self.cache,
+                    slot.feature,
+                    clip.id,
+                    lambda: slot.model.get().encode(audio, media.sample_rate),
+                )
+                probs = head_probs(slot.head, vector)
+            except ModelLoadError:
+                raise
+            except CLIP_ERRORS as exc:
+                error = f"{slot.model_id}: {exc}"
+                flags.append(ENCODER_FAILED)
+            if probs:
+                texts.append("speech-emotion model: " + format_probs(probs))
+        return Clue(
+            modality=Modality.ACOUSTIC,
+            source=self.name,
+            text="; ".join(texts) if texts else "",
+            probs=probs,
+            data=data,
+            flags=flags,
+            feature_ref=feature_ref,
+            model_id=self.encoder.model_id if self.encoder else "prosody",
+            error=error,
+        )
+
+
+@dataclass
+class VisualTool:
+    """Face crops → facial-expression probabilities and/or a CLIP embedding (+ head)."""
+
+    cache: FeatureCache
+    detector: Lazy[Any]
+    encoder: EncoderSlot | None = None
+    expression: Lazy[Any] | None = None
+    name: str = "visual"
+
+    def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        from meragent.tools.faces import crop_faces
+
+        if not media.has_video or media.frames is None:
+            return Clue.unavailable(Modality.VISUAL, self.name, "clip has no video frames")
+        if self.encoder is None and self.expression is None:
+            return Clue.unavailable(Modality.VISUAL, self.name, "no visual model configured")
+        frames = media.frames
+        faces = crop_faces(frames, self.detector.get())
+        flags = list(faces.flags)
+        data: dict[str, Any] = {"faces_found": 0 if flags else len(faces.frame_indices)}
+        data["n_frames"] = faces.n_frames
+        data["frame_indices"] = faces.frame_indices
+        texts = [self._face_text(faces.found_faces, len(faces.frame_indices), faces.n_frames)]
+        probs: dict[str, float] | None = None
+        feature_ref: str | None = None
+        errors: list[str] = []
+        if self.expression is not None:
+            try:
+                probs, feature_ref = self._expressions(clip, frames, faces, data)
+                texts.append("facial expression: " + format_probs(probs))
+            except CLIP_ERRORS as exc:
+                errors.append(f"facial expression: {exc}")
+        if self.encoder is not None:
+            slot = self.encoder
+            try:
+                vector, feature_ref = cached_or_computed(
+                    self.cache,
+                    slot.feature,
+                    clip.id,
+                    lambda: slot.model.get().encode_clip(faces.crops),
+                )
+                encoded_probs = head_probs(slot.head, vector)
+            except ModelLoadError:
+                raise
+            except CLIP_ERRORS as exc:
+                errors.append(f"{slot.model_id}: {exc}")
+                flags.append(ENCODER_FAILED)
+                encoded_probs = None
+            if encoded_probs:
+                data["expression_probs"] = probs
+                probs = encoded_probs
+                texts.append("visual emotion model: " + format_probs(encoded_probs))
+        return Clue(
+            modality=Modality.VISUAL,
+            source=self.name,
+            text="; ".join(texts),
+            probs=probs,
+            data=data,
+            flags=flags,
+            feature_ref=feature_ref,
+            model_id=self.encoder.model_id if self.encoder else "fer",
+            error="; ".join(errors) or None,
+        )
+
+    @staticmethod
+    def _face_text(found: bool, n_faces: int, n_frames: int) -> str:
+        if not found:
+            return f"no face found in {n_frames} frames (centre crops used)"
+        return f"face found in {n_faces}/{n_frames} frames"
+
+    def _expressions(
+        self, clip: Clip, frames: np.ndarray, faces: Any, data: dict[str, Any]
+    ) -> tuple[dict[str, float], str]:
+        from meragent.tools.facial_expression import summarize_expressions
+
+        classifier = self.expression.get() if self.expression is not None else None
+        if classifier is None:
+            raise DataError("facial expression model missing")
+        if faces.found_faces:
+            probs7 = classifier.classify(frames[faces.frame_indices], faces.boxes)
+        else:
+            probs7 = classifier.classify(faces.crops, [None] * len(faces.crops))
+        result = summarize_expressions(probs7)
+        data["frame_probs"] = [[round(float(p), 4) for p in row] for row in result.frame_probs]
+        data["frame_labels"] = [EMOTIONS[int(np.argmax(row))] for row in result.frame_probs]
+        path = self.cache.save(FER_FEATURE, clip.id, probs7.mean(axis=0))
+        return result.clip_probs, str(path)
+
+
+@dataclass
+class LexicalTool:
+    """Subtitle (given, or transcribed) → text clue + text embedding (+ head)."""
+
+    cache: FeatureCache
+    asr: Lazy[Any] | None = None
+    encoder: EncoderSlot | None = None
+    name: str = "lexical"
+    flags_for_asr: list[str] = field(default_factory=lambda: [ASR_FLAG])
+
+    def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        heard = self._subtitle(clip, media)
+        if isinstance(heard, Clue):
+            return heard
+        subtitle, data, flags = heard
+        probs: dict[str, float] | None = None
+        feature_ref: str | None = None
+        error: str | None = None
+        if self.encoder is not None:
+            slot = self.encoder
+            try:
+                vector, feature_ref = cached_or_computed(
+                    self.cache,
+                    slot.feature,
+                    clip.id,
+                    lambda: slot.model.get().encode([subtitle])[0],
+                )
+                probs = head_probs(slot.head, vector) if subtitle else None
+            except ModelLoadError:
+                raise
+            except CLIP_ERRORS as exc:
+                error = f"{slot.model_id}: {exc}"
+                flags.append(ENCODER_FAILED)
+        text = self._text(subtitle, data)
+        if probs:
+            text += "; text emotion model: " + format_probs(probs)
+        return Clue(
+            modality=Modality.LEXICAL,
+            source=self.name,
+            text=text,
+            probs=probs,
+            data=data,
+            flags=flags,
+            feature_ref=feature_ref,
+            model_id=self.encoder.model_id if self.encoder else None,
+            error=error,
+        )
+
+    def _subtitle(
+        self, clip: Clip, media: DecodedMedia
+    ) -> tuple[str, dict[str, Any], list[str]] | Clue:
+        """The clip's words and where they came from, or an unavailable clue."""
+        if clip.subtitle and clip.subtitle.strip():
+            data = {"subtitle": clip.subtitle.strip(), "origin": "given", "language": clip.language}
+            return clip.subtitle.strip(), data, []
+        if self.asr is None:
+            return Clue.unavailable(Modality.LEXICAL, self.name, "no subtitle and ASR is disabled")
+        if not media.has_audio or media.audio is None:
+            return Clue.unavailable(Modality.LEXICAL, self.name, "no subtitle and no audio track")
+        try:
+            transcript = self.asr.get().transcribe(media.audio, media.sample_rate)
+        except ModelLoadError:
+            raise
+        except CLIP_ERRORS as exc:
+            return Clue.unavailable(
+                Modality.LEXICAL, self.name, f"speech recognition failed: {exc}"
+            )
+        data = {
+            "subtitle": transcript.text,
+            "origin": "asr",
+            "language": transcript.language,
+            "language_prob": transcript.language_prob,
+        }
+        flags = list(self.flags_for_asr)
+        if transcript.no_speech:
+            flags.append(NO_SPEECH)
+        return transcript.text, data, flags
+
+    @staticmethod
+    def _text(subtitle: str, data: dict[str, Any]) -> str:
+        if not subtitle:
+            return "no speech detected"
+        origin = "transcribed" if data.get("origin") == "asr" else "subtitle"
+        language = data.get("language")
+        if language and data.get("language_prob") is not None:
+            origin += f", language {language} ({data['language_prob']:.2f})"
+        elif language:
+            origin += f", language {language}"
+        return f'{origin}: "{subtitle}"'

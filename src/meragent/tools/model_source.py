@@ -1,0 +1,79 @@
+"""Where a role's weights come from: a Hugging Face id or a local folder, checked before loading.
+
+Every ``load_*`` function in this package goes through :func:`resolve_model_source`, so a local
+path that does not exist fails at once with one line naming the role and the path, instead of
+transformers falling back to the hub and failing later with a network error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from meragent.errors import MeragentError, ModelLoadError
+
+# "org/name" or "name" (optionally "@revision"): what the hub accepts as a repository id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_like_local_path(source: str) -> bool:
+    """True when ``source`` is meant as a filesystem path rather than a hub id."""
+    if source.startswith(("/", "./", "../", "~", "file:")) or "\\" in source:
+        return True
+    return source.count("/") > 1 or not _HUB_ID.match(source)
+
+
+def resolve_model_source(role: str, source: str | Path | None) -> str:
+    """Return the id or absolute path to hand to ``from_pretrained``; raise for missing paths."""
+    if source is None or str(source).strip() == "":
+        raise ModelLoadError(role, "", "no model id or path is configured for this role")
+    text = str(source).strip()
+    candidate = Path(text.removeprefix("file:")).expanduser()
+    if candidate.exists():
+        return str(candidate.resolve())
+    if looks_like_local_path(text):
+        raise ModelLoadError(role, text, "path does not exist")
+    return text
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message (library errors can be pages long)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def model_load_errors(role: str, source: str) -> Iterator[None]:
+    """Turn the many ways ``from_pretrained`` fails into one ``ModelLoadError`` line."""
+    try:
+        yield
+    except MeragentError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as exc:
+        raise ModelLoadError(role, source, first_line(exc)) from exc
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``/None → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def torch_dtype(name: str | None, device: str) -> object:
+    """Map a dtype name to torch; ``auto`` picks float16 on CUDA and float32 elsewhere."""
+    import torch
+
+    key = (name or "auto").lower()
+    if key == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if key not in table:
+        raise ModelLoadError("dtype", key, f"unknown dtype (choose from {', '.join(table)})")
+    return table[key]

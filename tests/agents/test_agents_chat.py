@@ -1,0 +1,190 @@
+"""RoleChat policy (retries, backoff, timeout, tally) and the chat-model factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from meragent.agents.chat import (
+    CallPolicy,
+    ChatCallError,
+    ChatTimeoutError,
+    RoleChat,
+    UsageTally,
+    chat_backends,
+    make_chat_model,
+    policy_for,
+)
+from meragent.config import RoleConfig, load_settings
+from meragent.errors import ConfigError, LLMError
+from meragent.graphs.fakes import ScriptedChatModel
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+
+
+def _chat(model: Any, *, retries: int = 2, timeout: float | None = None, **kw: Any) -> RoleChat:
+    sleeps: list[float] = []
+    chat = RoleChat(
+        "reasoning",
+        model,
+        policy=CallPolicy(timeout_s=timeout, max_retries=retries, backoff_s=0.5, jitter=0.0),
+        sleep=sleeps.append,
+        **kw,
+    )
+    chat.sleeps = sleeps  # type: ignore[attr-defined]
+    return chat
+
+
+def test_transient_failures_are_retried_with_exponential_backoff() -> None:
+    model = ScriptedChatModel(reply=lambda _: "fine", fail_first=2)
+    tally = UsageTally()
+    chat = _chat(model, tally=tally)
+    reply = chat.invoke(MESSAGES)
+    assert reply.text == "fine"
+    assert reply.retries == 2
+    assert model.calls == 3
+    assert chat.sleeps == [0.5, 1.0]  # type: ignore[attr-defined]
+    usage = tally.as_dict()["reasoning"]
+    assert usage["calls"] == 1 and usage["retries"] == 2 and usage["failures"] == 0
+    assert usage["input_tokens"] == 4  # "be brief" + "hi there"
+    assert usage["output_tokens"] == 1
+
+
+def test_retries_are_bounded_then_a_chat_call_error() -> None:
+    model = ScriptedChatModel(reply=lambda _: "never", fail_first=100)
+    tally = UsageTally()
+    chat = _chat(model, retries=2, tally=tally)
+    with pytest.raises(ChatCallError) as caught:
+        chat.invoke(MESSAGES)
+    assert model.calls == 3
+    assert caught.value.retries == 2
+    assert isinstance(caught.value, LLMError)
+    assert "reasoning (scripted) failed after 3 attempt(s): ConnectionError" in str(caught.value)
+    assert tally.as_dict()["reasoning"]["failures"] == 1
+
+
+def test_a_non_transient_error_is_not_retried() -> None:
+    def broken(_: Any) -> str:
+        raise ValueError("bad request")
+
+    model = ScriptedChatModel(reply=broken)
+    chat = _chat(model, retries=3)
+    with pytest.raises(ChatCallError, match="ValueError: bad request"):
+        chat.invoke(MESSAGES)
+    assert model.calls == 1
+    assert chat.sleeps == []  # type: ignore[attr-defined]
+
+
+def test_a_slow_call_times_out_and_is_retried() -> None:
+    model = ScriptedChatModel(reply=lambda _: "late", delay_s=0.5)
+    chat = _chat(model, retries=1, timeout=0.05)
+    with pytest.raises(ChatCallError) as caught:
+        chat.invoke(MESSAGES)
+    assert isinstance(caught.value.__cause__, ChatTimeoutError)
+    assert caught.value.retries == 1
+    assert "no answer within 0.05 s" in str(caught.value)
+
+
+def test_cost_is_tallied_from_usage_metadata_and_prices() -> None:
+    message = AIMessage(
+        content="ok", usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
+    )
+    tally = UsageTally()
+    chat = _chat(GenericFakeChatModel(messages=iter([message, message])), tally=tally, prices=(0.5, 2.0))
+    chat.invoke(MESSAGES)
+    chat.invoke(MESSAGES)
+    usage = tally.as_dict()["reasoning"]
+    assert usage["input_tokens"] == 2000 and usage["output_tokens"] == 1000
+    assert usage["cost_usd"] == pytest.approx(2 * (0.5 + 1.0))
+    assert tally.total_tokens() == 3000
+
+
+def test_backoff_is_capped() -> None:
+    policy = CallPolicy(backoff_s=1.0, backoff_max_s=3.0, jitter=0.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
+
+
+def test_openai_backend_builds_a_chat_openai_without_client_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MERAGENT_LLM_API_KEY", "sk-test-key")
+    settings = load_settings(llm_base_url="http://127.0.0.1:9/v1", llm_timeout_s=7.0)
+    role = RoleConfig(backend="openai", model="Qwen/Qwen2.5-7B-Instruct", options={"max_new_tokens": 64})
+    model = make_chat_model(role, settings, role_name="reasoning_llm")
+    assert type(model).__name__ == "ChatOpenAI"
+    assert model.model_name == "Qwen/Qwen2.5-7B-Instruct"  # type: ignore[attr-defined]
+    assert model.openai_api_base == "http://127.0.0.1:9/v1"  # type: ignore[attr-defined]
+    assert model.max_retries == 0  # type: ignore[attr-defined]
+    assert model.request_timeout == 7.0  # type: ignore[attr-defined]
+    assert model.max_tokens == 64  # type: ignore[attr-defined]
+    assert "sk-test-key" not in repr(model)
+
+
+def test_openai_backend_against_a_dead_server_fails_after_bounded_retries() -> None:
+    settings = load_settings(llm_base_url="http://127.0.0.1:9/v1", llm_timeout_s=2.0)
+    role = RoleConfig(backend="openai", model="m")
+    chat = _chat(make_chat_model(role, settings), retries=1)
+    with pytest.raises(ChatCallError) as caught:
+        chat.invoke(MESSAGES)
+    assert caught.value.retries == 1  # connection refused is transient: retried once
+
+
+def test_factory_errors_name_the_role() -> None:
+    settings = load_settings()
+    with pytest.raises(ConfigError, match="role labeler_llm: unknown chat backend 'nope'"):
+        make_chat_model(RoleConfig(backend="nope"), settings, role_name="labeler_llm")
+    with pytest.raises(ConfigError, match="needs MERAGENT_LLM_BASE_URL"):
+        make_chat_model(RoleConfig(backend="openai", model="m"), settings, role_name="x")
+    assert {"local", "openai"} <= set(chat_backends())
+
+
+def test_policy_for_reads_settings_and_role_options() -> None:
+    settings = load_settings(llm_timeout_s=30.0, llm_max_retries=4)
+    remote = policy_for(RoleConfig(backend="openai", model="m"), settings)
+    assert (remote.timeout_s, remote.max_retries) == (30.0, 4)
+    local = policy_for(RoleConfig(backend="local", model="m", options={"max_retries": 0}), settings)
+    assert (local.timeout_s, local.max_retries) == (None, 0)
+
+
+def _tiny_lm(out: Path) -> Path:
+    """A 2-layer random Llama with a word-level tokenizer and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "system", "user", "assistant", "be", "brief", "hi", "there"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+    wrapped.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant {% endif %}"
+    )
+    wrapped.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def test_local_backend_generates_with_usage_metadata(tmp_path: Path) -> None:
+    model_dir = _tiny_lm(tmp_path / "tiny")
+    settings = load_settings(device="cpu")
+    role = RoleConfig(backend="local", model=str(model_dir), options={"max_new_tokens": 3})
+    model = make_chat_model(role, settings, role_name="reasoning_llm")
+    assert type(model).__name__ == "LocalChatModel"
+    tally = UsageTally()
+    reply = RoleChat("reasoning", model, tally=tally).invoke(MESSAGES)
+    assert isinstance(reply.text, str)
+    assert reply.usage is not None
+    assert reply.usage["input_tokens"] == 7  # "system be brief user hi there assistant"
+    assert 1 <= reply.usage["output_tokens"] <= 3
+    assert tally.as_dict()["reasoning"]["calls"] == 1
+    # A local model cannot bind tools: the reasoning agent must use the text route.
+    assert RoleChat("reasoning", model).supports_structured_output() is False

@@ -1,0 +1,20 @@
+"""Shared test fixtures: no Hugging Face network, one small synthetic dataset per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the Hugging Face hub: loading code must work from local paths only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic talking-face clips (speech, labels, subtitles); returns manifest.csv."""
+    from meragent.data.synth import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), 4, seed=0)
