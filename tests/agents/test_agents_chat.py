@@ -91,10 +91,13 @@ def test_a_slow_call_times_out_and_is_retried() -> None:
 
 def test_cost_is_tallied_from_usage_metadata_and_prices() -> None:
     message = AIMessage(
-        content="ok", usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500}
+        content="ok",
+        usage_metadata={"input_tokens": 1000, "output_tokens": 500, "total_tokens": 1500},
     )
     tally = UsageTally()
-    chat = _chat(GenericFakeChatModel(messages=iter([message, message])), tally=tally, prices=(0.5, 2.0))
+    chat = _chat(
+        GenericFakeChatModel(messages=iter([message, message])), tally=tally, prices=(0.5, 2.0)
+    )
     chat.invoke(MESSAGES)
     chat.invoke(MESSAGES)
     usage = tally.as_dict()["reasoning"]
@@ -113,7 +116,9 @@ def test_openai_backend_builds_a_chat_openai_without_client_retries(
 ) -> None:
     monkeypatch.setenv("MERAGENT_LLM_API_KEY", "sk-test-key")
     settings = load_settings(llm_base_url="http://127.0.0.1:9/v1", llm_timeout_s=7.0)
-    role = RoleConfig(backend="openai", model="Qwen/Qwen2.5-7B-Instruct", options={"max_new_tokens": 64})
+    role = RoleConfig(
+        backend="openai", model="Qwen/Qwen2.5-7B-Instruct", options={"max_new_tokens": 64}
+    )
     model = make_chat_model(role, settings, role_name="reasoning_llm")
     assert type(model).__name__ == "ChatOpenAI"
     assert model.model_name == "Qwen/Qwen2.5-7B-Instruct"  # type: ignore[attr-defined]
@@ -158,7 +163,9 @@ def _tiny_lm(out: Path) -> Path:
     words = ["<pad>", "<eos>", "<unk>", "system", "user", "assistant", "be", "brief", "hi", "there"]
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>"
+    )
     wrapped.chat_template = (
         "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}"
         "{% if add_generation_prompt %}assistant {% endif %}"

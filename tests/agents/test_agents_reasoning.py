@@ -52,7 +52,10 @@ def test_clues_are_rendered_acoustic_visual_lexical_with_missing_note() -> None:
     visual = text.index("2. Visual")
     lexical = text.index("3. Lexical")
     assert acoustic < visual < lexical
-    assert "- from prosody: high pitch, fast pace (tool scores: happy 0.60, neutral 0.30, sad 0.10)" in text
+    assert (
+        "- from prosody: high pitch, fast pace (tool scores: happy 0.60, neutral 0.30, sad 0.10)"
+        in text
+    )
     assert "- not available for this clip (no face found). Do not guess" in text
     assert '- from subtitle: "I finally passed the exam!"' in text
     assert available_modalities(CLUES) == ["acoustic", "lexical"]
@@ -63,7 +66,7 @@ def test_long_clues_are_cut() -> None:
     line = render_clues([long]).splitlines()[-1]
     quoted = line.split(": ", 1)[1]
     assert len(quoted) == MAX_CLUE_CHARS + 2  # the cut text plus its quotes
-    assert quoted.endswith("…\"")
+    assert quoted.endswith('…"')
 
 
 def test_text_and_structured_prompts_differ_only_in_the_answer_format() -> None:
@@ -85,7 +88,11 @@ def test_text_and_structured_prompts_differ_only_in_the_answer_format() -> None:
         ("She is not angry, she is sad.", "sad", ["no_answer_line", "choice_from_text"]),
         ("He is not happy at all.", None, ["no_answer_line", "no_six_class_choice"]),
         ("asdf qwerty zxcv", None, ["no_answer_line", "no_six_class_choice"]),
-        ("The tone is odd.\nAnswer: bewildered", None, ["answer_not_a_class", "no_six_class_choice"]),
+        (
+            "The tone is odd.\nAnswer: bewildered",
+            None,
+            ["answer_not_a_class", "no_six_class_choice"],
+        ),
         ("", None, ["empty_output"]),
     ],
 )
@@ -163,6 +170,8 @@ def test_a_down_server_is_an_error_not_a_format_fallback() -> None:
         def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
             raise ConnectionError("refused")
 
-    chat = RoleChat("reasoning", Down(messages=iter([])), policy=CallPolicy(max_retries=1, backoff_s=0))
+    chat = RoleChat(
+        "reasoning", Down(messages=iter([])), policy=CallPolicy(max_retries=1, backoff_s=0)
+    )
     with pytest.raises(ChatCallError, match="after 2 attempt"):
         reason(chat, CLUES)

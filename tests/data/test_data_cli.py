@@ -43,7 +43,8 @@ def test_check_source_counts_and_histogram(synth_dataset: Path) -> None:
         "surprise": 0,
         "unlabeled": 0,
     }
-    assert (report.n_with_subtitle, report.n_with_openset, report.n_with_valence) == (4, 4, 4)
+    assert (report.n_with_video, report.n_with_subtitle, report.n_with_openset) == (4, 4, 4)
+    assert (report.n_with_valence, report.n_with_audio_file) == (4, 0)
 
 
 def test_check_source_reports_bad_rows_and_keeps_good_ones(

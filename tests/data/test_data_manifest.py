@@ -406,3 +406,17 @@ def test_folder_with_manifest_and_single_video(synth_dataset: Path) -> None:
     assert load.layout == "csv" and len(load.clips) == 4
     single = load_manifest(folder / "video" / "synth_001.mp4")
     assert single.layout == "video" and _ids(single) == ["synth_001"]
+
+
+def test_rows_without_video_may_be_audio_only_or_text_only(tmp_path: Path) -> None:
+    write_audio_only(tmp_path / "voice.wav", duration_s=0.5)
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "name,video,audio,subtitle\nvoice,,voice.wav,\nnote,,,just words\nnothing,,,\n",
+        encoding="utf-8",
+    )
+    load = load_manifest(path)
+    voice, note = load.clips
+    assert (voice.video, voice.audio, voice.subtitle) == (None, tmp_path / "voice.wav", None)
+    assert (note.video, note.audio, note.subtitle) == (None, None, "just words")
+    assert _only_error(load).startswith("m.csv, row 4, clip 'nothing': no video, audio or subtitle")

@@ -199,3 +199,12 @@ def test_describe_media_names_missing_streams_and_flags(tmp_path: Path) -> None:
     line = describe_media(decode_media(path, clip_id="voice"))
     assert "no video" in line
     assert "flags: no_video,very_short" in line
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".avi", ".mov"])
+def test_other_containers_decode_the_same_way(tmp_path: Path, suffix: str) -> None:
+    path = synth.write_face_clip(tmp_path / f"clip{suffix}", duration_s=1.0, size=64)
+    media = decode_media(path, clip_id="clip")
+    assert media.frames is not None and media.frames.shape == (8, 64, 64, 3)
+    assert media.audio is not None and len(media.audio) == pytest.approx(16000, abs=1024)
+    assert media.flags == []

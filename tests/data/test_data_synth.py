@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -65,10 +66,12 @@ def test_synthetic_dataset_round_trip(synth_dataset: Path) -> None:
 def test_face_frames_move_but_stay_the_same_picture() -> None:
     frames = list(face_frames(10, 96, seed=3))
     assert all(f.shape == (96, 96, 3) and f.dtype == np.uint8 for f in frames)
-    differences = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(frames, frames[1:])]
+    differences = [
+        np.abs(a.astype(int) - b.astype(int)).mean() for a, b in itertools.pairwise(frames)
+    ]
     assert all(0 < d < 20 for d in differences)
     again = list(face_frames(10, 96, seed=3))
-    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again, strict=True))
 
 
 def test_tone_dataset_and_seed_change_the_pixels(tmp_path: Path) -> None:

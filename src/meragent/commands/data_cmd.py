@@ -96,6 +96,7 @@ def _print_report(report: CheckReport) -> None:
     table.add_row("missing files", str(len(report.missing_files)))
     for name, count in report.class_histogram.items():
         table.add_row(f"  {name}", str(count))
+    table.add_row("with video", str(report.n_with_video))
     table.add_row("with subtitle", str(report.n_with_subtitle))
     table.add_row("with open-set labels", str(report.n_with_openset))
     table.add_row("with valence", str(report.n_with_valence))

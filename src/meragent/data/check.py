@@ -26,6 +26,7 @@ class CheckReport(BaseModel):
     n_clips: int
     n_errors: int
     class_histogram: dict[str, int]
+    n_with_video: int = 0
     n_with_subtitle: int = 0
     n_with_openset: int = 0
     n_with_valence: int = 0
@@ -67,6 +68,7 @@ def check_source(
         n_clips=len(clips),
         n_errors=len(errors),
         class_histogram=class_histogram([clip.discrete for clip in clips]),
+        n_with_video=sum(clip.video is not None for clip in clips),
         n_with_subtitle=sum(clip.subtitle is not None for clip in clips),
         n_with_openset=sum(clip.openset is not None for clip in clips),
         n_with_valence=sum(clip.valence is not None for clip in clips),
@@ -86,10 +88,11 @@ def class_histogram(labels: list[str | None]) -> dict[str, int]:
 def _probe_clips(load: ManifestLoad) -> list[RowError]:
     errors = []
     for clip in load.clips:
-        if clip.video is None:
-            continue
+        path = clip.video or clip.audio
+        if path is None:
+            continue  # a text-only clip has no file to open
         try:
-            probe_media(clip.video, clip_id=clip.id)
+            probe_media(path, clip_id=clip.id)
         except MediaError as exc:
             reason = str(exc).removeprefix(f"clip {clip.id!r}: ")
             errors.append(RowError(clip_id=clip.id, reason=reason, kind="unreadable_media"))

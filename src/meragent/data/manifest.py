@@ -10,7 +10,8 @@ Layouts (auto-detected by ``load_manifest``):
 * ``csv`` / ``jsonl`` — a manifest with columns name, video, subtitle, language, discrete,
   valence, openset (a Python-list string or a JSON list); relative paths resolve against
   ``data_root`` when given, else against the manifest's folder.
-* ``folder`` — a plain folder of videos (``video``: a single video file).
+* ``folder`` — a plain folder of videos (``video``: a single video file). A folder holding a
+  ``manifest.csv``/``manifest.jsonl`` (what ``meragent data synth`` writes) is read through it.
 
 Every file a row points to must stay inside the data root (the manifest's folder or
 ``data_root``): a row like ``../../etc/passwd`` is an error, not a read.
@@ -29,10 +30,10 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.errors import DataError
@@ -64,13 +65,29 @@ _OPENSET_SEPARATORS = re.compile(r"[,，;；、]")
 _NAME_IN_JSON = re.compile(r'"name"\s*:\s*"([^"]*)"')
 
 
+RowErrorKind = Literal[
+    "missing_file",
+    "path_escape",
+    "unknown_label",
+    "malformed",
+    "duplicate",
+    "encoding",
+    "bad_value",
+    "unreadable_media",
+    "invalid",
+]
+
+
 class RowError(BaseModel):
-    """One unusable row (or label entry) of a source; ``str()`` is a single line."""
+    """One unusable row (or label entry) of a source; ``str()`` is a single line.
+
+    ``row`` is the line number in ``file`` (header = 1) when the source has lines.
+    """
 
     row: int | None = None
     clip_id: str | None = None
     reason: str
-    kind: str = "invalid"
+    kind: RowErrorKind = "invalid"
     file: str | None = None
 
     def __str__(self) -> str:
@@ -104,7 +121,7 @@ class ManifestLoad(BaseModel):
 class _RowProblem(ValueError):
     """Why one row is unusable; becomes a RowError and the load goes on."""
 
-    def __init__(self, reason: str, kind: str = "invalid") -> None:
+    def __init__(self, reason: str, kind: RowErrorKind = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
@@ -295,10 +312,15 @@ class _Collector:
         except _RowProblem as problem:
             self.error(row, clip_id, problem.reason, problem.kind)
             return
+        except ValidationError as exc:
+            detail = exc.errors()[0]
+            field = ".".join(str(part) for part in detail["loc"]) or "row"
+            self.error(row, clip_id, f"{field}: {detail['msg']}", "invalid")
+            return
         self._first_row[clip.id] = row
         self.clips.append(clip)
 
-    def error(self, row: int | None, clip_id: str | None, reason: str, kind: str) -> None:
+    def error(self, row: int | None, clip_id: str | None, reason: str, kind: RowErrorKind) -> None:
         self.errors.append(
             RowError(row=row, clip_id=clip_id, reason=reason, kind=kind, file=self.file)
         )
@@ -453,22 +475,24 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path) -> Clip:
     valence = _valence(values.get("valence"))
     openset = parse_openset(values.get("openset"))
     video_value = _text(values.get("video"))
-    if video_value is not None:
-        video = _existing_file(resolve_inside(root, video_value), "video")
-    else:
-        found = _find_video(name, [root, root / "video", root / "videos"])
-        if found is None:
-            raise _RowProblem(
-                f"no video column and no {name}.<ext> video in {root}", "missing_file"
-            )
-        video = found
     audio_value = _text(values.get("audio"))
     audio = _existing_file(resolve_inside(root, audio_value), "audio") if audio_value else None
+    subtitle = _text(values.get("subtitle"))
+    if video_value is not None:
+        video: Path | None = _existing_file(resolve_inside(root, video_value), "video")
+    else:
+        video = _find_video(name, [root, root / "video", root / "videos"])
+        # No video named and none found: an audio-only or text-only clip is still a clip.
+        if video is None and audio is None and subtitle is None:
+            raise _RowProblem(
+                f"no video, audio or subtitle given and no {name}.<ext> video in {root}",
+                "missing_file",
+            )
     return Clip(
         id=name,
         video=video,
         audio=audio,
-        subtitle=_text(values.get("subtitle")),
+        subtitle=subtitle,
         language=_text(values.get("language")),
         discrete=discrete,
         valence=valence,
@@ -592,8 +616,13 @@ def _read_transcriptions(folder: Path, found: _Collector) -> dict[str, str]:
     path = next((folder / n for n in TRANSCRIPTION_FILES if (folder / n).is_file()), None)
     if path is None:
         return {}
-    header, records = _read_csv_records(path)
-    columns = _column_map(header, path)
+    try:
+        header, records = _read_csv_records(path)
+        columns = _column_map(header, path)
+    except DataError as exc:
+        # Subtitles are optional: a broken transcription file costs subtitles, not clips.
+        found.errors.append(RowError(reason=str(exc), kind="malformed", file=path.name))
+        return {}
     if "subtitle" not in columns:
         return {}
     subtitles: dict[str, str] = {}

@@ -54,8 +54,8 @@ SPEECH_SCRIPT: tuple[dict[str, Any], ...] = (
     {
         "file": "zh_happy.flac",
         "language": "zh",
-        "voice": "cmn",
-        "rate": 200,
+        "voice": "cmn-latn-pinyin",
+        "rate": 170,
         "text": "太好了，我今天真开心！",
         "discrete": "happy",
         "valence": 3.5,
@@ -74,8 +74,8 @@ SPEECH_SCRIPT: tuple[dict[str, Any], ...] = (
     {
         "file": "zh_angry.flac",
         "language": "zh",
-        "voice": "cmn",
-        "rate": 200,
+        "voice": "cmn-latn-pinyin",
+        "rate": 170,
         "text": "你怎么又迟到了！",
         "discrete": "angry",
         "valence": -3.0,
@@ -208,13 +208,14 @@ def face_frames(
     for i in range(n_frames):
         t = i / 25.0
         wobble = np.sin(2 * np.pi * 0.5 * t + phase) if motion else np.zeros(3)
-        crop_side = int(side * (1.0 - 0.04 * (1 + wobble[2]) / 2))
-        cx = x0 + side / 2 + 6 * wobble[0]
-        cy = y0 + side / 2 + 4 * wobble[1]
-        left = int(np.clip(cx - crop_side / 2, 0, photo.shape[1] - crop_side))
-        top = int(np.clip(cy - crop_side / 2, 0, photo.shape[0] - crop_side))
-        crop = photo[top : top + crop_side, left : left + crop_side]
-        frame = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        crop_side = side * (1.0 - 0.04 * (1 + wobble[2]) / 2)
+        height, width = photo.shape[:2]
+        left = float(np.clip(x0 + (side - crop_side) / 2 + 6 * wobble[0], 0, width - crop_side))
+        top = float(np.clip(y0 + (side - crop_side) / 2 + 4 * wobble[1], 0, height - crop_side))
+        # Sub-pixel affine crop: every frame moves a little, as a filmed head does.
+        scale = size / crop_side
+        matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale]])
+        frame = cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_LINEAR)
         yield np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 

@@ -65,7 +65,8 @@ def six_class_metrics(
     true_ids = np.array([EMOTION_TO_ID[normalize_emotion(label)] for label in y_true])
     pred_ids = np.array([_pred_id(label) for label in y_pred])
     confusion = _confusion(true_ids, pred_ids)
-    per_class, waf = _per_class_and_waf(confusion)
+    support = np.bincount(true_ids, minlength=len(EMOTIONS)).astype(np.float64)
+    per_class, waf = _per_class_and_waf(confusion, support)
     accuracy = float(np.mean(true_ids == pred_ids))
     mse, n_valence = _valence_mse(valence_true, valence_pred, len(y_true))
     return SixClassReport(
@@ -93,11 +94,12 @@ def _confusion(true_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _per_class_and_waf(confusion: np.ndarray) -> tuple[dict[str, ClassScores], float]:
+def _per_class_and_waf(
+    confusion: np.ndarray, support: np.ndarray
+) -> tuple[dict[str, ClassScores], float]:
+    # Support comes from the true labels: confusion rows miss samples with no prediction.
     true_positive = np.diag(confusion).astype(np.float64)
-    # Row sums miss the samples whose prediction is missing: support comes from true counts.
     predicted_count = confusion.sum(axis=0).astype(np.float64)
-    support = confusion.sum(axis=1).astype(np.float64)
     return _scores_from_counts(true_positive, predicted_count, support)
 
 

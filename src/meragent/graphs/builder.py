@@ -125,7 +125,7 @@ def build_graph(
         raise ConfigError(f"unknown track {track!r} (choose from {', '.join(TRACKS)})")
     deps = PipelineDeps(
         tools=tools,
-        media=media_cache or MediaCache(decoder or default_decoder()),
+        media=media_cache if media_cache is not None else MediaCache(decoder or default_decoder()),
         reasoning=_as_role_chat("reasoning", chat_models.get("reasoning")),
         labeler=_as_role_chat("labeler", chat_models.get("labeler")),
         fusion_model=fusion_model,

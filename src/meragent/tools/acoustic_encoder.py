@@ -94,8 +94,20 @@ class AcousticEncoder:
         for start in range(0, len(audios), max(1, batch_size)):
             group = audios[start : start + max(1, batch_size)]
             chunks = [split_into_chunks(np.asarray(a, np.float32), chunk_samples) for a in group]
+            for clip_chunks in chunks:
+                self._check_long_enough(len(clip_chunks[0]))
             results.extend(self._forward_clips(chunks))
         return results
+
+    def _check_long_enough(self, n_samples: int) -> None:
+        """The conv front-end needs a minimum number of samples to emit one frame."""
+        import torch
+
+        frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(n_samples)))
+        if frames < 1:
+            raise DataError(
+                f"audio is too short for {self.model_id}: {n_samples} samples give no frame"
+            )
 
     def _forward_clips(self, chunks_per_clip: list[list[np.ndarray]]) -> list[np.ndarray]:
         import torch
@@ -151,7 +163,7 @@ def load_acoustic_encoder(
 
     with model_load_errors(ROLE, source):
         feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, torch_dtype=torch_dtype(dtype, device))
+        model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
     n_states = int(model.config.num_hidden_layers) + 1
     if not 1 <= layers <= n_states:
         raise ModelLoadError(ROLE, source, f"layers={layers} but the model has {n_states} states")

@@ -74,7 +74,7 @@ def load_clip_encoder(
 
     with model_load_errors(ROLE, source):
         processor = CLIPImageProcessor.from_pretrained(source)
-        model = CLIPModel.from_pretrained(source, torch_dtype=torch_dtype(dtype, device))
+        model = CLIPModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
     model.to(device).eval()
     return ClipImageEncoder(
         model=model, processor=processor, model_id=str(model_id_or_path), device=device

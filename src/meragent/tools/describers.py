@@ -39,6 +39,8 @@ MAX_AUDIO_S = 30.0
 AUDIO_TRUNCATED = "audio_truncated"
 #: Pixels per frame for the video LLM (Qwen's examples use 360 × 420); bounds the token count.
 DEFAULT_MAX_PIXELS = 360 * 420
+#: qwen_vl_utils' default lower bound per video frame (128 merged 28 × 28 patches).
+VIDEO_MIN_PIXELS = 128 * 28 * 28
 
 
 def cut_audio(audio: np.ndarray, sample_rate: int, max_s: float) -> tuple[np.ndarray, bool]:
@@ -133,7 +135,14 @@ class LocalVideoLLM:
         from PIL import Image
 
         images = [Image.fromarray(np.ascontiguousarray(frame)) for frame in frames]
-        video = {"type": "video", "video": images, "sample_fps": fps, "max_pixels": self.max_pixels}
+        video = {
+            "type": "video",
+            "video": images,
+            "sample_fps": fps,
+            "max_pixels": self.max_pixels,
+            # qwen_vl_utils' floor (128 tokens per frame) would exceed a small max_pixels.
+            "min_pixels": min(self.max_pixels, VIDEO_MIN_PIXELS),
+        }
         return [{"role": "user", "content": [video, {"type": "text", "text": prompt}]}]
 
     def generate(self, frames: np.ndarray, fps: float, prompt: str, max_new_tokens: int) -> str:
@@ -165,7 +174,7 @@ def load_audio_llm(
     with model_load_errors(AUDIO_ROLE, source):
         processor = AutoProcessor.from_pretrained(source)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            source, torch_dtype=torch_dtype(dtype, device)
+            source, dtype=torch_dtype(dtype, device)
         )
     model.to(device).eval()
     return LocalAudioLLM(model=model, processor=processor, model_id=str(model_id_or_path))
@@ -185,7 +194,7 @@ def load_video_llm(
     with model_load_errors(VIDEO_ROLE, source):
         processor = AutoProcessor.from_pretrained(source)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, torch_dtype=torch_dtype(dtype, device)
+            source, dtype=torch_dtype(dtype, device)
         )
     model.to(device).eval()
     return LocalVideoLLM(

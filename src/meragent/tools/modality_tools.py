@@ -153,9 +153,11 @@ class VisualTool:
         frames = media.frames
         faces = crop_faces(frames, self.detector.get())
         flags = list(faces.flags)
-        data: dict[str, Any] = {"faces_found": 0 if flags else len(faces.frame_indices)}
-        data["n_frames"] = faces.n_frames
-        data["frame_indices"] = faces.frame_indices
+        data: dict[str, Any] = {
+            "faces_found": len(faces.frame_indices) if faces.found_faces else 0,
+            "n_frames": faces.n_frames,
+            "frame_indices": faces.frame_indices,
+        }
         texts = [self._face_text(faces.found_faces, len(faces.frame_indices), faces.n_frames)]
         probs: dict[str, float] | None = None
         feature_ref: str | None = None

@@ -112,7 +112,7 @@ def load_hf_text_encoder(
 
     with model_load_errors(ROLE, source):
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, torch_dtype=torch_dtype(dtype, device))
+        model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
     n_states = int(model.config.num_hidden_layers) + 1
     if not 1 <= layers <= n_states:
         raise ModelLoadError(ROLE, source, f"layers={layers} but the model has {n_states} states")

@@ -1,0 +1,230 @@
+"""Whole-final-state tests of the clip graph with fake chat models and fixed-clue tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from graph_helpers import (
+    ACOUSTIC_CLUE,
+    LEXICAL_CLUE,
+    VISUAL_CLUE,
+    FixedTool,
+    decoder,
+    fixed_tools,
+    make_clip,
+)
+from langchain_core.language_models import GenericFakeChatModel
+from langgraph.checkpoint.memory import InMemorySaver
+
+from meragent.graphs.builder import build_graph
+from meragent.graphs.trace import TraceStore
+from meragent.schema import Clip, Clue, Modality, Prediction
+
+REASONING_REPLY = "A broad smile and a lively voice while sharing good news.\nAnswer: happy"
+LABELER_REPLY = "['Happy', 'excited']"
+
+
+def fakes(reasoning: list[str] | None = None, labeler: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "reasoning": GenericFakeChatModel(messages=iter(reasoning or [REASONING_REPLY])),
+        "labeler": GenericFakeChatModel(messages=iter(labeler or [LABELER_REPLY])),
+    }
+
+
+def run(graph: Any, clip: Clip, run_id: str = "r1") -> dict[str, Any]:
+    return dict(
+        graph.invoke({"run_id": run_id, "clip": clip}, {"configurable": {"thread_id": clip.id}})
+    )
+
+
+def step_nodes(store: TraceStore, clip_id: str, run_id: str = "r1") -> list[str]:
+    return [s.node for s in store.steps(run_id, clip_id)]
+
+
+def test_whole_final_state_of_a_full_run(tmp_path: Path, clip: Clip) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    graph = build_graph(
+        fixed_tools(), fakes(), decoder=decoder(), trace=store, checkpointer=InMemorySaver()
+    )
+    out = run(graph, clip)
+    lexical = LEXICAL_CLUE.model_copy(update={"text": "I passed the exam!"})
+    probs = {
+        "neutral": 0.4 / 3,
+        "angry": 0.0,
+        "happy": (0.6 + 0.8 + 1.0) / 3,
+        "sad": 0.0,
+        "worried": 0.0,
+        "surprise": 0.2 / 3,
+    }
+    description = "A broad smile and a lively voice while sharing good news."
+    assert out.keys() == {
+        "clip", "media", "clues", "transcript", "description", "llm_choice", "fusion",
+        "labels", "prediction", "metrics", "flags",
+    }  # fmt: skip
+    assert out["clip"] == clip
+    assert out["media"] == {
+        "duration": 2.0, "sample_rate": 16000, "has_audio": True, "has_video": True,
+        "n_frames": 4, "flags": [], "error": None,
+    }  # fmt: skip
+    # Parallel tool writes are applied in a deterministic (node-name) order.
+    assert out["clues"] == [ACOUSTIC_CLUE, lexical, VISUAL_CLUE]
+    assert out["transcript"] == "I passed the exam!"
+    assert out["description"] == description
+    assert out["llm_choice"] == "happy"
+    assert out["fusion"]["discrete"] == "happy"
+    assert out["fusion"]["source"] == "late"
+    assert out["fusion"]["inputs"] == ["acoustic", "visual", "llm"]
+    assert out["fusion"]["probs"] == pytest.approx(probs)
+    assert out["labels"] == ["happy", "excited"]
+    assert out["prediction"] == Prediction(
+        clip_id="c1",
+        discrete="happy",
+        probs=out["fusion"]["probs"],
+        openset=["happy", "excited"],
+        description=description,
+        source="late",
+        flags=[],
+    )
+    assert out["metrics"] == {"discrete_correct": True, "ov_accuracy": 0.5, "ov_recall": 0.5}
+    assert out["flags"] == []
+
+    nodes = step_nodes(store, "c1")
+    assert nodes[0] == "load_media"
+    assert sorted(nodes[1:4]) == ["acoustic", "lexical", "visual"]
+    assert nodes[4] == "reasoning"
+    assert sorted(nodes[5:7]) == ["fusion", "labeler"]
+    assert nodes[7:] == ["answer", "evaluator"]
+    steps = {s.node: s for s in store.steps("r1", "c1")}
+    assert steps["reasoning"].raw_output == REASONING_REPLY
+    assert steps["reasoning"].model_id == "GenericFakeChatModel"
+    assert steps["reasoning"].prompt[0]["role"] == "system"
+    assert "3. Lexical" in steps["reasoning"].prompt[1]["content"]
+    assert steps["reasoning"].parsed_output["choice"] == "happy"
+    assert steps["labeler"].raw_output == LABELER_REPLY
+    assert steps["labeler"].parsed_output == {
+        "labels": ["happy", "excited"],
+        "flags": [],
+        "dropped": [],
+    }
+    assert steps["acoustic"].model_id == "prosody-v1"
+    assert steps["acoustic"].parsed_output["probs"] == {"happy": 0.6, "neutral": 0.4}
+    assert steps["fusion"].inputs["llm_choice"] == "happy"
+    assert steps["evaluator"].parsed_output == out["metrics"]
+    assert all(s.error is None and s.latency_s >= 0 for s in steps.values())
+
+
+def test_ov_track_skips_fusion(tmp_path: Path, clip: Clip) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    graph = build_graph(fixed_tools(), fakes(), track="ov", decoder=decoder(), trace=store)
+    out = run(graph, clip)
+    assert "fusion" not in out
+    assert out["prediction"].discrete is None
+    assert out["prediction"].openset == ["happy", "excited"]
+    assert out["metrics"] == {"ov_accuracy": 0.5, "ov_recall": 0.5}
+    assert "fusion" not in step_nodes(store, "c1")
+
+
+def test_semi_track_skips_the_labeler(tmp_path: Path, clip: Clip) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    models = fakes()
+    graph = build_graph(fixed_tools(), models, track="semi", decoder=decoder(), trace=store)
+    out = run(graph, clip)
+    assert out["prediction"].discrete == "happy"
+    assert out["prediction"].openset == []
+    assert out["metrics"] == {"discrete_correct": True}
+    assert "labeler" not in step_nodes(store, "c1")
+
+
+def test_no_ground_truth_means_no_evaluator(tmp_path: Path) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    graph = build_graph(fixed_tools(), fakes(), decoder=decoder(), trace=store)
+    out = run(graph, make_clip("plain"))
+    assert "metrics" not in out
+    assert step_nodes(store, "plain")[-1] == "answer"
+
+
+def test_missing_video_routes_around_the_visual_tool(tmp_path: Path, clip: Clip) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    tools = fixed_tools()
+    graph = build_graph(tools, fakes(), decoder=decoder(video=False), trace=store)
+    out = run(graph, clip)
+    assert tools.visual.calls == []
+    visual = [c for c in out["clues"] if c.modality is Modality.VISUAL]
+    assert visual == [Clue.unavailable(Modality.VISUAL, "load_media", "no video")]
+    assert "visual" not in step_nodes(store, "c1")
+    prompt = store.steps("r1", "c1")[3].prompt  # load_media, acoustic, lexical, reasoning
+    assert (
+        "2. Visual (face, gestures, body, surroundings)\n- not available for this clip (no video)"
+        in (prompt[1]["content"])
+    )
+    assert out["fusion"]["inputs"] == ["acoustic", "llm"]
+
+
+def test_text_only_clip_runs_on_the_subtitle(tmp_path: Path) -> None:
+    graph = build_graph(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
+    out = run(graph, Clip(id="t1", subtitle="so glad"))
+    assert out["media"]["flags"] == ["no_media_file"]
+    available = [c.modality for c in out["clues"] if c.available]
+    assert available == [Modality.LEXICAL]
+
+
+def test_a_clip_with_nothing_usable_fails_with_a_clear_error(tmp_path: Path) -> None:
+    graph = build_graph(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
+    with pytest.raises(Exception, match="clip empty: no usable audio, video or subtitle"):
+        run(graph, Clip(id="empty"))
+
+
+def test_a_crashing_tool_becomes_an_unavailable_clue(tmp_path: Path, clip: Clip) -> None:
+    store = TraceStore(tmp_path / "trace.sqlite")
+    tools = fixed_tools(acoustic=FixedTool(Modality.ACOUSTIC, error=RuntimeError("CUDA OOM")))
+    graph = build_graph(tools, fakes(), decoder=decoder(), trace=store)
+    out = run(graph, clip)
+    acoustic = next(c for c in out["clues"] if c.modality is Modality.ACOUSTIC)
+    assert (acoustic.available, acoustic.error) == (False, "RuntimeError: CUDA OOM")
+    assert "acoustic:unavailable" in out["prediction"].flags
+    assert out["prediction"].discrete == "happy"
+    step = next(s for s in store.steps("r1", "c1") if s.node == "acoustic")
+    assert step.error == "RuntimeError: CUDA OOM"
+
+
+def test_trained_fusion_answers_six_class_tracks_without_an_llm(tmp_path: Path, clip: Clip) -> None:
+    class Output:
+        probs = np.array([0.1, 0.6, 0.1, 0.1, 0.05, 0.05])
+        valence = -1.5
+        attention = np.array([0.5, 0.3, 0.2])
+
+    class Head:
+        model_id = "attention-fold0"
+
+        def __init__(self) -> None:
+            self.encoders = {"acoustic": "a", "visual": "v", "lexical": "l"}
+            self.seen: list[Any] = []
+
+        def predict(self, features: Any) -> Output:
+            self.seen.append(features)
+            return Output()
+
+    feature = tmp_path / "a.npy"
+    np.save(feature, np.arange(4, dtype=np.float32))
+    tools = fixed_tools(
+        acoustic=FixedTool(
+            Modality.ACOUSTIC, ACOUSTIC_CLUE.model_copy(update={"feature_ref": str(feature)})
+        )
+    )
+    models = fakes()
+    store = TraceStore(tmp_path / "trace.sqlite")
+    head = Head()
+    graph = build_graph(
+        tools, models, track="semi", decoder=decoder(), trace=store, fusion_model=head
+    )
+    out = run(graph, clip)
+    assert out["prediction"].discrete == "angry"
+    assert out["prediction"].valence == -1.5
+    assert out["fusion"]["attention"] == {"acoustic": 0.5, "visual": 0.3, "lexical": 0.2}
+    assert "reasoning" not in step_nodes(store, "c1")
+    features = head.seen[0]
+    assert features["visual"] is None and features["lexical"] is None
+    assert features["acoustic"].tolist() == [0.0, 1.0, 2.0, 3.0]
