@@ -23,5 +23,4 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every artifact a test writes goes under a temporary MERAGENT_HOME, never ~/.cache."""
-    if "MERAGENT_HOME" not in os.environ or os.environ.get("CI"):
-        os.environ["MERAGENT_HOME"] = str(tmp_path_factory.mktemp("meragent_home"))
+    os.environ["MERAGENT_HOME"] = str(tmp_path_factory.mktemp("meragent_home"))
