@@ -58,6 +58,7 @@ class TrainLog(BaseModel):
 
 def add_lora(model: Any, params: LoraHyperParams) -> Any:
     """Wrap ``model`` with fresh LoRA layers (in place); only they stay trainable."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -74,6 +75,8 @@ def add_lora(model: Any, params: LoraHyperParams) -> Any:
         task_type="CAUSAL_LM",
         bias="none",
     )
+    # LoRA's A matrices are drawn at wrapping time: seed here so a run repeats exactly.
+    torch.manual_seed(params.seed)
     return get_peft_model(model, config)
 
 
