@@ -131,3 +131,98 @@ def write_toy_word_forms(path: Path) -> Path:
         writer.writerow(["name", "format"])
         writer.writerows(rows)
     return path
+
+
+VL_SPECIAL_TOKENS = [
+    *SPECIAL_TOKENS,
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+#: Renders string or multimodal (list of parts) content; a video part becomes its placeholder.
+VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen25_vl(out: Path) -> Path:
+    """A 2-layer random Qwen2.5-VL (1-block vision tower) with a processor, saved to ``out``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    from meragent.finetune.lora_video import VIDEO_LABELER_SYSTEM_PROMPT
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=VL_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([*_corpus(), VIDEO_LABELER_SYSTEM_PROMPT], trainer=trainer)
+    raw = out / "raw_tokenizer.json"
+    tokenizer.save(str(raw))
+    # The Qwen2.5-VL processor insists on a Qwen2 tokenizer class.
+    wrapped = Qwen2TokenizerFast(
+        tokenizer_file=str(raw), pad_token="<|pad|>", eos_token="<|im_end|>", unk_token=None
+    )
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 112 * 112}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=wrapped,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=VL_CHAT_TEMPLATE,
+    )
+    ids = {token: wrapped.convert_tokens_to_ids(token) for token in VL_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(wrapped),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+            "pad_token_id": ids["<|pad|>"],
+            "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "fullatt_block_indexes": [0],
+            "window_size": 56,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        pad_token_id=ids["<|pad|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    raw.unlink()
+    return out

@@ -109,7 +109,7 @@ def test_resume_skips_finished_clips_and_each_clip_appears_once(
     manifest = write_manifest(tmp_path / "data", 8)
     first = run_batch(settings, manifest, "r", _options(limit=3), runtime=fake_runtime())
     assert first.n_ok == 3
-    with pytest.raises(ConfigError, match="already has 3 clip results .* pass --resume"):
+    with pytest.raises(ConfigError, match=r"already has 3 clip results .* pass --resume"):
         run_batch(settings, manifest, "r", _options(), runtime=fake_runtime())
     runtime = fake_runtime()
     second = run_batch(settings, manifest, "r", _options(resume=True), runtime=runtime)

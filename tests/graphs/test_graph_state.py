@@ -190,41 +190,67 @@ def test_a_crashing_tool_becomes_an_unavailable_clue(tmp_path: Path, clip: Clip)
     assert step.error == "RuntimeError: CUDA OOM"
 
 
-def test_trained_fusion_answers_six_class_tracks_without_an_llm(tmp_path: Path, clip: Clip) -> None:
-    class Output:
-        probs = np.array([0.1, 0.6, 0.1, 0.1, 0.05, 0.05])
-        valence = -1.5
-        attention = np.array([0.5, 0.3, 0.2])
+def _saved_fusion_model(folder: Path) -> Path:
+    """A real attention-fusion directory (random weights) over encoders enc-a (4-d), enc-v (3-d)."""
+    import torch
+    from safetensors.torch import save_file
 
-    class Head:
-        model_id = "attention-fold0"
-
-        def __init__(self) -> None:
-            self.encoders = {"acoustic": "a", "visual": "v", "lexical": "l"}
-            self.seen: list[Any] = []
-
-        def predict(self, features: Any) -> Output:
-            self.seen.append(features)
-            return Output()
-
-    feature = tmp_path / "a.npy"
-    np.save(feature, np.arange(4, dtype=np.float32))
-    tools = fixed_tools(
-        acoustic=FixedTool(
-            Modality.ACOUSTIC, ACOUSTIC_CLUE.model_copy(update={"feature_ref": str(feature)})
-        )
+    from meragent.tools.fusion_model import (
+        WEIGHTS_FILE,
+        BranchConfig,
+        FusionModelConfig,
+        expected_shapes,
     )
-    models = fakes()
+
+    config = FusionModelConfig(
+        model="attention",
+        branches=[
+            BranchConfig(name="acoustic", encoders=["enc-a"], dim=4),
+            BranchConfig(name="visual", encoders=["enc-v"], dim=3),
+        ],
+        hidden=8, dropout=0.0, lr=1e-3, weight_decay=0.0, batch_size=4, epochs=1, folds=2, seed=0,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    params = {
+        name: torch.randn(shape, generator=generator)
+        for name, shape in expected_shapes(config).items()
+    }
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(config.model_dump_json(), encoding="utf-8")
+    save_file(params, str(folder / WEIGHTS_FILE))
+    return folder
+
+
+def test_trained_fusion_answers_six_class_tracks_without_an_llm(tmp_path: Path, clip: Clip) -> None:
+    from meragent.tools.feature_cache import FeatureCache
+    from meragent.tools.fusion_model import load_fusion_model
+
+    head = load_fusion_model(_saved_fusion_model(tmp_path / "fusion"))
+    cache = FeatureCache(tmp_path / "features")
+    acoustic_ref = cache.save("enc-a", "c1", np.arange(4, dtype=np.float32))
+    cache.save("enc-v", "c1", np.ones(3, dtype=np.float32))  # only in the cache, no clue ref
+    with_feature = ACOUSTIC_CLUE.model_copy(update={"feature_ref": str(acoustic_ref)})
+    tools = fixed_tools(acoustic=FixedTool(Modality.ACOUSTIC, with_feature))
     store = TraceStore(tmp_path / "trace.sqlite")
-    head = Head()
     graph = build_graph(
-        tools, models, track="semi", decoder=decoder(), trace=store, fusion_model=head
+        tools,
+        fakes(),
+        track="semi",
+        decoder=decoder(),
+        trace=store,
+        fusion_model=head,
+        features_dir=tmp_path / "features",
     )
     out = run(graph, clip)
-    assert out["prediction"].discrete == "angry"
-    assert out["prediction"].valence == -1.5
-    assert out["fusion"]["attention"] == {"acoustic": 0.5, "visual": 0.3, "lexical": 0.2}
-    assert "reasoning" not in step_nodes(store, "c1")
-    features = head.seen[0]
-    assert features["visual"] is None and features["lexical"] is None
-    assert features["acoustic"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    expected = head.predict({"enc-a": np.arange(4, dtype=np.float32), "enc-v": np.ones(3)})
+    fusion = out["fusion"]
+    assert fusion["source"] == "attention"
+    assert fusion["inputs"] == ["enc-a", "enc-v"]
+    assert fusion["probs"] == pytest.approx(expected.probs)
+    assert fusion["attention"] == pytest.approx(expected.attention)
+    assert set(fusion["attention"]) == {"acoustic", "visual"}
+    assert out["prediction"].discrete == expected.discrete
+    assert "reasoning" not in step_nodes(store, "c1")  # no LLM on a six-class track
+    assert next(s for s in store.steps("r1", "c1") if s.node == "fusion").model_id == (
+        "fusion:fusion"
+    )

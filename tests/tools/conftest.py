@@ -138,7 +138,8 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     seed_everything()
     out = tmp_path_factory.mktemp("tiny_bert")
-    words = "i am so happy today this is bad news very angry sad the a".split()
+    words = ["i", "am", "so", "happy", "today", "this", "is", "bad", "news"]
+    words += ["very", "angry", "sad", "the", "a"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     vocab_file = out / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")

@@ -12,9 +12,9 @@ from meragent.data.media_types import DecodedMedia
 from meragent.errors import ModelLoadError
 from meragent.schema import Clip
 from meragent.tools.asr import SpeechRecognizer, assemble_bundled_whisper, load_asr
+from meragent.tools.feature_cache import FeatureCache
 from meragent.tools.lazy import Lazy
 from meragent.tools.modality_tools import NO_SPEECH, LexicalTool
-from meragent.tools.feature_cache import FeatureCache
 
 
 def words(text: str) -> list[str]:
@@ -75,7 +75,10 @@ def test_bundled_whisper_assembles_once_and_transcribes_speech(tmp_path: Path) -
 
     folder = assemble_bundled_whisper(tmp_path / "models")
     assert {p.name for p in folder.iterdir()} == {
-        "model.bin", "config.json", "tokenizer.json", "vocabulary.json",
+        "model.bin",
+        "config.json",
+        "tokenizer.json",
+        "vocabulary.json",
     }
     stamp = (folder / "model.bin").stat().st_mtime_ns
     assert assemble_bundled_whisper(tmp_path / "models") == folder

@@ -40,7 +40,7 @@ def test_haar_finds_the_astronaut_face() -> None:
     boxes = load_face_detector().detect(astronaut())
     assert len(boxes) == 1
     box = boxes[0]
-    x, y, w, h = ASTRONAUT_FACE
+    x, y, w, _ = ASTRONAUT_FACE
     assert abs(box.x - x) < 15 and abs(box.y - y) < 15 and abs(box.w - w) < 20
 
 
@@ -65,7 +65,9 @@ def test_crop_face_levels_tilted_eyes() -> None:
     left_eye = right_eye + 60 * np.array([np.cos(angle), np.sin(angle)])
     for x, y in (right_eye, left_eye):
         cv2.circle(frame, (round(x), round(y)), 5, (255, 255, 255), -1)
-    box = FaceBox(100, 100, 120, 120, eyes=((right_eye[0], right_eye[1]), (left_eye[0], left_eye[1])))
+    box = FaceBox(
+        100, 100, 120, 120, eyes=((right_eye[0], right_eye[1]), (left_eye[0], left_eye[1]))
+    )
     crop = crop_face(frame, box, size=224)
     ys, xs = np.nonzero(crop[..., 0] > 128)
     left_half = xs < xs.mean()

@@ -27,6 +27,10 @@ def extract(
         ),
     ],
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 16,
+    layers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Sum of the last N hidden layers (default 4, MERTools)."),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
     ] = None,
@@ -57,6 +61,7 @@ def extract(
             encoder,
             batch_size=batch_size,
             device=device,
+            layers=layers,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     typer.echo(dumps_summary(report))

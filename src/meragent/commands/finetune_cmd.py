@@ -139,6 +139,9 @@ def lora(
     seed: SeedOption = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
@@ -179,6 +182,7 @@ def lora(
         encoder=encoder,
         manifest=manifest,
         num_frames=num_frames,
+        threads=threads,
         progress=progress,
     )
     outcome = run_lora_cv(config, report=lambda line: typer.echo(line, err=True))

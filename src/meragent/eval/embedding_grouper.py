@@ -14,7 +14,7 @@ alphabetical order), so ids read as words.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -91,14 +91,15 @@ SCOPES: tuple[str, ...] = ("sample", "global")
 
 @register_grouper("embedding")
 class EmbeddingGrouper:
-    """Synonym groups from cosine >= ``tau`` neighbours + word forms, linked by union-find.
+    """Synonym groups from cosine >= ``tau`` neighbours + word forms (connected components).
 
-    ``fit`` embeds every distinct label once. With ``scope="sample"`` (default) the labels of each
-    sample are then grouped among themselves, as the organisers' GPT grouping does per sample;
-    with ``scope="global"`` one grouping over all labels (the connected components of the faiss
-    neighbour graph) serves every sample, which chains unrelated words through intermediates
-    more easily. ``encoder=None`` leaves only the word-form pass (and exact matches). Labels met
-    later in :meth:`group_ids` are embedded (and, globally, linked) on the fly.
+    ``fit`` embeds every distinct label once and finds all its neighbours with one faiss range
+    search; the neighbour graph (plus word-form links) is kept as one integer bitset per label.
+    With ``scope="sample"`` (default) each sample's labels are grouped among themselves - the
+    components of the graph restricted to the sample, as the organisers' GPT grouping works per
+    sample; with ``scope="global"`` the components over all labels (union-find) serve every
+    sample, which chains unrelated words through intermediates more easily. ``encoder=None``
+    leaves only the word-form links. Labels first met in :meth:`group_ids` are fitted on the fly.
     """
 
     name = "embedding"
@@ -120,11 +121,12 @@ class EmbeddingGrouper:
         self.scope = scope
         self._labels: list[str] = []
         self._index_of: dict[str, int] = {}
-        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        # Bit j of _links[i] is set when labels i and j are linked (similar or same word family).
+        self._links: list[int] = []
         self._family_of_form = _family_lookup(word_forms)
-        self._global = _UnionFind()
+        self._family_members: dict[int, list[int]] = {}
         self._faiss_index: object | None = None
-        self._family_anchor: dict[int, int] = {}
+        self._global = _UnionFind()
         self._group_of: dict[str, str] = {}
 
     @property
@@ -132,7 +134,7 @@ class EmbeddingGrouper:
         return list(self._labels)
 
     def fit(self, labels: Iterable[str]) -> None:
-        """Embed labels (lower-cased) not seen yet; globally, link them to all seen so far."""
+        """Embed and link labels (lower-cased) not seen yet to every label seen so far."""
         new = [
             label
             for label in dict.fromkeys(normalise_label(label) for label in labels)
@@ -144,25 +146,23 @@ class EmbeddingGrouper:
         for offset, label in enumerate(new):
             self._index_of[label] = first + offset
         self._labels.extend(new)
-        vectors = self._embed(new) if self.encoder is not None else None
-        if vectors is not None:
-            grown = len(self._vectors) > 0
-            self._vectors = np.concatenate([self._vectors, vectors]) if grown else vectors
+        self._links.extend([0] * len(new))
+        self._global.add(len(new))
+        self._link_word_forms(first)
+        if self.encoder is not None:
+            self._link_neighbours(self._embed(new), first)
         if self.scope == "global":
-            self._global.add(len(new))
-            self._link_word_forms_globally(first)
-            if vectors is not None:
-                self._link_neighbours_globally(vectors, first)
-            self._group_of = self._global_representatives()
+            self._group_of = _representatives(self._labels, self._global)
 
     def group_ids(self, sample: str, labels: Sequence[str]) -> list[str]:
         keys = [normalise_label(label) for label in labels]
-        if any(key not in self._index_of for key in keys):
+        index_of = self._index_of
+        if any(key not in index_of for key in keys):
             self.fit(keys)
         if self.scope == "global":
             return [self._group_of[key] for key in keys]
-        local = self._sample_groups(list(dict.fromkeys(keys)))
-        return [local[key] for key in keys]
+        local = self._sample_groups({index_of[key] for key in keys})
+        return [local[index_of[key]] for key in keys]
 
     def groups(self, labels: Sequence[str] | None = None) -> list[list[str]]:
         """Groups with more than one member (members sorted), over ``labels`` or all labels."""
@@ -173,39 +173,54 @@ class EmbeddingGrouper:
             members.setdefault(group, []).append(label)
         return sorted(sorted(m) for m in members.values() if len(m) > 1)
 
-    # ------------------------------------------------------------------ per-sample grouping
+    def _sample_groups(self, indices: set[int]) -> dict[int, str]:
+        """Group id of each label index: components of the link graph inside the sample."""
+        links, labels = self._links, self._labels
+        mask = 0
+        for index in indices:
+            mask |= 1 << index
+        group_of: dict[int, str] = {}
+        remaining = mask
+        while remaining:
+            component = frontier = remaining & -remaining
+            while frontier:
+                reached = 0
+                while frontier:
+                    bit = frontier & -frontier
+                    reached |= links[bit.bit_length() - 1]
+                    frontier ^= bit
+                frontier = reached & mask & ~component
+                component |= frontier
+            remaining &= ~component
+            members = [labels[i] for i in _bits(component)]
+            head = min(members, key=_id_order)
+            for i in _bits(component):
+                group_of[i] = head
+        return group_of
 
-    def _sample_groups(self, keys: list[str]) -> dict[str, str]:
-        sets = _UnionFind()
-        sets.add(len(keys))
-        anchors: dict[int, int] = {}
-        for position, key in enumerate(keys):
-            for family in self._family_of_form.get(key, ()):
-                sets.union(anchors.setdefault(family, position), position)
-        if self.encoder is not None and len(keys) > 1:
-            rows = self._vectors[[self._index_of[key] for key in keys]]
-            similar = np.triu(rows @ rows.T >= np.float32(self.tau), k=1)
-            for a, b in zip(*np.nonzero(similar), strict=True):
-                sets.union(int(a), int(b))
-        return _representatives(keys, sets)
+    def _link(self, a: int, b: int) -> None:
+        if a != b:
+            self._links[a] |= 1 << b
+            self._links[b] |= 1 << a
+            self._global.union(a, b)
 
-    # ------------------------------------------------------------------ global grouping
-
-    def _link_word_forms_globally(self, first: int) -> None:
+    def _link_word_forms(self, first: int) -> None:
         for index in range(first, len(self._labels)):
             for family in self._family_of_form.get(self._labels[index], ()):
-                anchor = self._family_anchor.setdefault(family, index)
-                self._global.union(anchor, index)
+                members = self._family_members.setdefault(family, [])
+                for other in members:
+                    self._link(other, index)
+                members.append(index)
 
-    def _link_neighbours_globally(self, vectors: np.ndarray, first: int) -> None:
+    def _link_neighbours(self, vectors: np.ndarray, first: int) -> None:
         index = self._index(vectors.shape[1])
         index.add(vectors)  # type: ignore[attr-defined]
         # faiss keeps inner products strictly above the radius: step just below tau for ">=".
         radius = float(np.nextafter(np.float32(self.tau), np.float32(-np.inf)))
         limits, _, neighbours = index.range_search(vectors, radius)  # type: ignore[attr-defined]
         for row in range(len(vectors)):
-            for neighbour in neighbours[limits[row] : limits[row + 1]]:
-                self._global.union(first + row, int(neighbour))
+            for neighbour in neighbours[limits[row] : limits[row + 1]].tolist():
+                self._link(first + row, neighbour)
 
     def _index(self, dim: int) -> object:
         if self._faiss_index is None:
@@ -213,9 +228,6 @@ class EmbeddingGrouper:
 
             self._faiss_index = faiss.IndexFlatIP(dim)
         return self._faiss_index
-
-    def _global_representatives(self) -> dict[str, str]:
-        return _representatives(self._labels, self._global)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         assert self.encoder is not None
@@ -227,13 +239,24 @@ class EmbeddingGrouper:
         return np.ascontiguousarray(raw / norms, dtype=np.float32)
 
 
-def _representatives(keys: Sequence[str], sets: _UnionFind) -> dict[str, str]:
+def _bits(value: int) -> Iterator[int]:
+    while value:
+        bit = value & -value
+        yield bit.bit_length() - 1
+        value ^= bit
+
+
+def _id_order(label: str) -> tuple[int, str]:
     # A group's id is its shortest member, ties broken alphabetically: readable and stable.
+    return (len(label), label)
+
+
+def _representatives(keys: Sequence[str], sets: _UnionFind) -> dict[str, str]:
     best: dict[int, str] = {}
     for position, key in enumerate(keys):
         root = sets.find(position)
         current = best.get(root)
-        if current is None or (len(key), key) < (len(current), current):
+        if current is None or _id_order(key) < _id_order(current):
             best[root] = key
     return {key: best[sets.find(position)] for position, key in enumerate(keys)}
 

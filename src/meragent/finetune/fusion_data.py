@@ -60,7 +60,9 @@ class FeatureTable:
 
     def missing_by_branch(self) -> dict[str, list[str]]:
         return {
-            branch.name: [c for c, ok in zip(self.clip_ids, self.present[:, m], strict=True) if not ok]
+            branch.name: [
+                c for c, ok in zip(self.clip_ids, self.present[:, m], strict=True) if not ok
+            ]
             for m, branch in enumerate(self.branches)
         }
 
@@ -277,7 +279,9 @@ def _append_rows(
     return TrainingRows(
         clip_ids=rows.clip_ids + [table.clip_ids[i] for i in keep],
         branches=rows.branches,
-        features=[np.concatenate([a, b[keep]]) for a, b in zip(rows.features, table.features, strict=True)],
+        features=[
+            np.concatenate([a, b[keep]]) for a, b in zip(rows.features, table.features, strict=True)
+        ],
         present=np.concatenate([rows.present, table.present[keep]]),
         labels=np.concatenate([rows.labels, labels]),
         valence=np.concatenate([rows.valence, valence]),

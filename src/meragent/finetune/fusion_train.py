@@ -385,7 +385,10 @@ def _device_data(rows: TrainingRows, config: FusionTrainConfig, device: str) -> 
             mean, basis = _fit_projection(x, rows.present[:, m], config.pca_dim)
             x = ((x - mean) @ basis).astype(np.float32)
             x[~rows.present[:, m]] = 0.0
-            projection = (torch.as_tensor(mean, device=device), torch.as_tensor(basis, device=device))
+            projection = (
+                torch.as_tensor(mean, device=device),
+                torch.as_tensor(basis, device=device),
+            )
         xs.append(torch.as_tensor(np.ascontiguousarray(x), device=device))
         projections.append(projection)
     return _DeviceData(
@@ -480,14 +483,14 @@ class _StackTrainer:
         self.n_combos = len(combos)
         dims = [int(x.shape[1]) for x in data.xs]
         self.specs: dict[str, ParamSpec] = arch.param_specs(dims, combos[0].hidden, len(EMOTIONS))
-        self.generators = [
-            torch.Generator(device=device).manual_seed(c.seed) for c in self.combos
-        ]
+        self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in self.combos]
         self.params = init_stacked_params(self.specs, self.n_folds, self.generators, device)
         self.dropout = _ComboDropout([c.dropout for c in combos], self.generators, device)
-        self.manual = {
-            name for m in range(len(dims)) for name in arch.first_layer(m)
-        } if arch.manual_first_layer else set()
+        self.manual = (
+            {name for m in range(len(dims)) for name in arch.first_layer(m)}
+            if arch.manual_first_layer
+            else set()
+        )
         for name, tensor in self.params.items():
             if name in self.manual:
                 tensor.grad = torch.zeros_like(tensor)
@@ -536,9 +539,12 @@ class _StackTrainer:
         rows = labels.shape[1]
         target = labels.unsqueeze(2).expand(-1, -1, self.n_combos)
         # Summing the per-(fold, combination) mean losses keeps every slice's gradient its own.
-        loss = F.cross_entropy(
-            out.logits.reshape(-1, len(EMOTIONS)), target.reshape(-1), reduction="sum"
-        ) / rows
+        loss = (
+            F.cross_entropy(
+                out.logits.reshape(-1, len(EMOTIONS)), target.reshape(-1), reduction="sum"
+            )
+            / rows
+        )
         if self.with_valence:
             loss = loss + _masked_mse(out.valence, data.valence[index]).sum()
         for name, tensor in self.params.items():
@@ -764,7 +770,10 @@ def cross_validate(
         best_result, best_outcome, column = best
         specs = arch.param_specs(dims, best_result.hidden, len(EMOTIONS))
         chosen = select_combo(specs, best_outcome.best_params, column, len(best_outcome.combos))
-        chosen = {k: v.detach().cpu() for k, v in _fold_projections(arch, chosen, data.projections).items()}
+        chosen = {
+            k: v.detach().cpu()
+            for k, v in _fold_projections(arch, chosen, data.projections).items()
+        }
         oof = _out_of_fold_probs(best_outcome.best_logits[:, :, column], plan, len(labelled))
     results.sort(key=lambda r: r.index)
     return SearchResult(

@@ -60,8 +60,8 @@ def write_model_card(
         "## Use",
         "",
         "In-process: set the labeler role's `adapter` to this folder (same base model).",
-        "With vLLM: `vllm serve BASE --enable-lora --lora-modules labeler=THIS_DIR`, then point the",
-        "`labeler_llm` role at the server with model `labeler`.",
+        "With vLLM: `vllm serve BASE --enable-lora --lora-modules labeler=THIS_DIR`, then point",
+        "the `labeler_llm` role at the server with model `labeler`.",
         "Merge into the base: `meragent finetune merge --adapter THIS_DIR --out MERGED_DIR`.",
         "",
     ]

@@ -73,9 +73,7 @@ def fit_description(tokenizer: Any, description: str, max_prompt_tokens: int) ->
     raise ConfigError(f"could not fit a description into {max_prompt_tokens} prompt tokens")
 
 
-def encode_example(
-    tokenizer: Any, sample: OVSample, *, max_prompt_tokens: int
-) -> TokenizedExample:
+def encode_example(tokenizer: Any, sample: OVSample, *, max_prompt_tokens: int) -> TokenizedExample:
     """Tokenise prompt + answer; labels copy the answer ids and mask the prompt with -100."""
     description, truncated = fit_description(tokenizer, sample.description, max_prompt_tokens)
     prompt = render_chat(tokenizer, prompt_messages(description), generation_prompt=True)

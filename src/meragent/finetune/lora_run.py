@@ -54,6 +54,7 @@ class LoraRunConfig(BaseModel):
     grouper_tau: float | None = None
     manifest: Path | None = None
     num_frames: int = Field(default=4, ge=1)
+    threads: int | None = Field(default=None, ge=1)
     progress: bool = True
 
     @model_validator(mode="after")
@@ -101,7 +102,7 @@ def _by_language(samples: list[OVSample]) -> dict[str, list[OVSample]]:
     return groups
 
 
-def _eval_subset(test: list[OVSample], eval_limit: int | None) -> list[OVSample]:
+def eval_subset(test: list[OVSample], eval_limit: int | None) -> list[OVSample]:
     """The first ``eval_limit`` held-out names (sorted): the same subset for every system."""
     if eval_limit is None:
         return test
@@ -110,7 +111,25 @@ def _eval_subset(test: list[OVSample], eval_limit: int | None) -> list[OVSample]
     return [s for s in test if s.name in keep]
 
 
-def _write_predictions(
+def score_systems(
+    test: list[OVSample],
+    systems: dict[str, list[SystemPrediction]],
+    grouper_factory: Callable[[], Any],
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """``{language: {system: scores}}`` for aligned predictions of every system on ``test``."""
+    from meragent.finetune.ov_eval import score_system
+
+    scores: dict[str, dict[str, dict[str, float | int]]] = {}
+    for language, samples in _by_language(test).items():
+        index = [i for i, s in enumerate(test) if s.language == language]
+        scores[language] = {
+            system: score_system(samples, [preds[i] for i in index], grouper_factory)
+            for system, preds in systems.items()
+        }
+    return scores
+
+
+def write_predictions(
     path: Path, samples: list[OVSample], systems: dict[str, list[SystemPrediction]]
 ) -> None:
     with path.open("w", encoding="utf-8") as handle:
@@ -159,11 +178,18 @@ class _Experiment:
             self.lexicon = LexiconExtractor.from_csv(config.word_forms)
 
     def folds_to_run(self) -> list[int]:
-        return [self.config.fold] if self.config.fold is not None else list(range(self.config.folds))
+        return (
+            [self.config.fold] if self.config.fold is not None else list(range(self.config.folds))
+        )
 
 
 def run_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> dict[str, Any]:
     """Run the experiment described by ``config``; returns (and writes) the results dict."""
+    if config.threads is not None:
+        import torch
+
+        # On a shared CPU, fewer intra-op threads than cores avoids threads waiting on each other.
+        torch.set_num_threads(config.threads)
     if config.modality == "video":
         from meragent.finetune.lora_video import run_video_lora_cv
 
@@ -172,31 +198,53 @@ def run_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> dict[s
 
 
 def _run_text(config: LoraRunConfig, report: Reporter) -> dict[str, Any]:
-    from meragent.finetune.ov_eval import summarise
     from meragent.tools.causal_lm import load_causal_lm_uncached
 
     started = time.perf_counter()
     experiment = _Experiment(config, report)
     config.out_dir.mkdir(parents=True, exist_ok=True)
+    dataset = experiment.dataset
     report(
-        f"{len(experiment.dataset.samples)} examples from {len(experiment.dataset.names)} "
-        f"samples ({experiment.dataset.n_skipped()} rows skipped); folds {experiment.folds_to_run()}"
+        f"{len(dataset.samples)} examples from {len(dataset.names)} samples "
+        f"({dataset.n_skipped()} rows skipped); folds {experiment.folds_to_run()}"
     )
     t0 = time.perf_counter()
     base = load_causal_lm_uncached(config.base, device=config.device, dtype=config.dtype)
     report(f"loaded {config.base} in {time.perf_counter() - t0:.0f}s")
     if not base.has_chat_template:
         report(f"{config.base} has no chat template: a plain User/Assistant template is used")
-    folds = [
-        _run_text_fold(experiment, base, fold) for fold in experiment.folds_to_run()
-    ]
+    folds = [_run_text_fold(experiment, base, fold) for fold in experiment.folds_to_run()]
+    return write_results(
+        config,
+        report,
+        task="MER-OV labeler LoRA (description -> labels)",
+        dataset=experiment.dataset,
+        folds=folds,
+        started=started,
+        extra={"has_chat_template": base.has_chat_template},
+    )
+
+
+def write_results(
+    config: LoraRunConfig,
+    report: Reporter,
+    *,
+    task: str,
+    dataset: OVDataset,
+    folds: list[dict[str, Any]],
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble per-fold and mean ± std scores and write ``results.json``."""
+    from meragent.finetune.ov_eval import summarise
+
     results = {
-        "task": "MER-OV labeler LoRA (description -> labels)",
+        "task": task,
         "config": json.loads(config.model_dump_json()),
-        "has_chat_template": base.has_chat_template,
-        "n_samples": len(experiment.dataset.names),
-        "n_examples": len(experiment.dataset.samples),
-        "skipped": {k: len(v) for k, v in experiment.dataset.skipped.items()},
+        **(extra or {}),
+        "n_samples": len(dataset.names),
+        "n_examples": len(dataset.samples),
+        "skipped": {k: len(v) for k, v in dataset.skipped.items()},
         "grouper": "embedding" + (f" (tau={config.grouper_tau})" if config.grouper_tau else ""),
         "folds": folds,
         "summary": {
@@ -219,14 +267,14 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
     from meragent.finetune.lora_examples import encode_examples
     from meragent.finetune.lora_train import add_lora, save_loss_curve, train_lora
     from meragent.finetune.ov_data import split_fold
-    from meragent.finetune.ov_eval import predict_with_lexicon, predict_with_lm, score_system
+    from meragent.finetune.ov_eval import predict_with_lexicon, predict_with_lm
     from meragent.tools.causal_lm import LoadedLM
 
     config, report = experiment.config, experiment.report
     fold_dir = config.out_dir / f"fold{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     train, test = split_fold(experiment.dataset, experiment.split[fold])
-    test = _eval_subset(test, config.eval_limit)
+    test = eval_subset(test, config.eval_limit)
     tokenizer = base.tokenizer
     examples = encode_examples(tokenizer, train, max_prompt_tokens=config.max_prompt_tokens)
     report(
@@ -274,17 +322,9 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
     timings["lora_eval_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores: dict[str, dict[str, dict[str, float | int]]] = {}
-    for language, samples in _by_language(test).items():
-        index = [i for i, s in enumerate(test) if s.language == language]
-        scores[language] = {
-            system: score_system(
-                samples, [preds[i] for i in index], experiment.grouper_factory
-            )
-            for system, preds in systems.items()
-        }
+    scores = score_systems(test, systems, experiment.grouper_factory)
     timings["scoring_s"] = time.perf_counter() - t0
-    _write_predictions(fold_dir / "predictions.jsonl", test, systems)
+    write_predictions(fold_dir / "predictions.jsonl", test, systems)
     write_model_card(
         adapter_dir,
         base=config.base,
@@ -311,7 +351,7 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
         "loss_last": log.losses[-1],
         "losses": log.losses,
         "parse_flags": {
-            system: _flag_counts(preds) for system, preds in systems.items() if system != "lexicon"
+            system: flag_counts(preds) for system, preds in systems.items() if system != "lexicon"
         },
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "adapter": str(adapter_dir),
@@ -320,7 +360,7 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
     }
 
 
-def _flag_counts(predictions: list[SystemPrediction]) -> dict[str, int]:
+def flag_counts(predictions: list[SystemPrediction]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for prediction in predictions:
         for flag in prediction.flags:

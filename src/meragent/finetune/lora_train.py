@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from meragent.errors import ConfigError
-from meragent.finetune.lora_examples import TokenizedExample, collate
+from meragent.finetune.lora_examples import collate
 
 DEFAULT_TARGETS: tuple[str, ...] = (
     "q_proj",
@@ -56,8 +57,12 @@ class TrainLog(BaseModel):
     seconds: float = 0.0
 
 
-def add_lora(model: Any, params: LoraHyperParams) -> Any:
-    """Wrap ``model`` with fresh LoRA layers (in place); only they stay trainable."""
+def add_lora(model: Any, params: LoraHyperParams, *, only_under: str | None = None) -> Any:
+    """Wrap ``model`` with fresh LoRA layers (in place); only they stay trainable.
+
+    ``only_under`` restricts LoRA to modules whose dotted name contains that component, e.g.
+    ``language_model`` of a vision-language model, whose vision tower reuses the MLP names.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -67,11 +72,15 @@ def add_lora(model: Any, params: LoraHyperParams) -> Any:
         raise ConfigError(
             f"none of the LoRA target modules {params.target_modules} exist in the model"
         )
+    target_modules: list[str] | str = targets
+    if only_under is not None:
+        # peft full-matches a string against every module name.
+        target_modules = rf".*\b{re.escape(only_under)}\..*\.(?:{'|'.join(targets)})"
     config = LoraConfig(
         r=params.r,
         lora_alpha=params.alpha,
         lora_dropout=params.dropout,
-        target_modules=targets,
+        target_modules=target_modules,
         task_type="CAUSAL_LM",
         bias="none",
     )
@@ -87,9 +96,7 @@ def planned_steps(n_examples: int, params: LoraHyperParams) -> int:
     return params.max_steps if params.max_steps is not None else by_epochs
 
 
-def _batches(
-    examples: list[TokenizedExample], batch_size: int, seed: int
-) -> list[list[TokenizedExample]]:
+def _batches(examples: Sequence[Any], batch_size: int, seed: int) -> list[list[Any]]:
     """An endless-enough stream of shuffled batches, one reshuffle per epoch (seeded)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -101,14 +108,19 @@ def _batches(
 
 def train_lora(
     model: Any,
-    examples: list[TokenizedExample],
+    examples: Sequence[Any],
     params: LoraHyperParams,
     *,
-    pad_token_id: int,
+    pad_token_id: int = 0,
+    collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainLog:
-    """Train the LoRA layers of a peft model on ``examples``; returns per-step losses."""
+    """Train the LoRA layers of a peft model on ``examples``; returns per-step losses.
+
+    ``examples`` are TokenizedExamples padded by ``collate`` unless ``collate_fn`` turns a
+    list of examples into model inputs (with ``labels``) some other way (e.g. video batches).
+    """
     import time
 
     import torch
@@ -131,7 +143,7 @@ def train_lora(
     started = time.perf_counter()
     model.train()
     epoch = 0
-    stream: Iterator[list[TokenizedExample]] = iter([])
+    stream: Iterator[list[Any]] = iter([])
     bar = tqdm(total=total, desc="lora", unit="step", disable=not progress)
     while log.steps < total:
         step_loss = 0.0
@@ -141,7 +153,8 @@ def train_lora(
                 stream = iter(_batches(examples, params.batch_size, params.seed + epoch))
                 epoch += 1
                 batch = next(stream)
-            tensors = {k: v.to(device) for k, v in collate(batch, pad_token_id).items()}
+            inputs = collate_fn(batch) if collate_fn else collate(batch, pad_token_id)
+            tensors = {k: v.to(device) for k, v in inputs.items()}
             loss = model(**tensors).loss / params.grad_accum
             loss.backward()
             step_loss += float(loss.detach())

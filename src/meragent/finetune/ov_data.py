@@ -130,9 +130,7 @@ def kfold_split(names: Iterable[str], folds: int, seed: int = 0) -> list[list[st
     return [sorted(unique[k::folds]) for k in range(folds)]
 
 
-def split_fold(
-    dataset: OVDataset, held_out: list[str]
-) -> tuple[list[OVSample], list[OVSample]]:
+def split_fold(dataset: OVDataset, held_out: list[str]) -> tuple[list[OVSample], list[OVSample]]:
     """(train, test) samples for one fold: every language of a name stays on one side."""
     test_names = set(held_out)
     train = [s for s in dataset.samples if s.name not in test_names]

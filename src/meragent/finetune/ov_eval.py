@@ -145,22 +145,18 @@ def mean_std(values: Sequence[float]) -> MeanStd:
 def summarise(
     fold_scores: Sequence[Mapping[str, Mapping[str, Mapping[str, float | int]]]],
 ) -> dict[str, dict[str, dict[str, MeanStd]]]:
-    """``{language: {system: {metric: MeanStd}}}`` from per-fold ``{language: {system: scores}}``."""
+    """Mean ± std over folds: ``{language: {system: {metric: MeanStd}}}``.
+
+    ``fold_scores`` holds one ``{language: {system: scores}}`` per fold; a system missing from
+    a fold is averaged over the folds that have it.
+    """
+    pairs = {(lang, system) for scores in fold_scores for lang, systems in scores.items()
+             for system in systems}  # fmt: skip
     summary: dict[str, dict[str, dict[str, MeanStd]]] = {}
-    for scores in fold_scores:
-        for language, systems in scores.items():
-            for system, metrics in systems.items():
-                slot = summary.setdefault(language, {}).setdefault(system, {})
-                for metric in ("accuracy", "recall", "average"):
-                    slot.setdefault(metric, MeanStd(mean=0, std=0, n=0))
-    for language, systems in summary.items():
-        for system, metrics in systems.items():
-            for metric in metrics:
-                metrics[metric] = mean_std(
-                    [
-                        float(s[language][system][metric])
-                        for s in fold_scores
-                        if system in s.get(language, {})
-                    ]
-                )
+    for language, system in sorted(pairs):
+        values = [s[language][system] for s in fold_scores if system in s.get(language, {})]
+        summary.setdefault(language, {})[system] = {
+            metric: mean_std([float(v[metric]) for v in values])
+            for metric in ("accuracy", "recall", "average")
+        }
     return summary

@@ -4,12 +4,10 @@ The run folder ``settings.runs_dir/NAME`` holds ``trace.sqlite`` (the trace stor
 the commit log: a clip is done when its ``clip_result`` row says ``ok``), ``checkpoints.sqlite``
 (LangGraph ``SqliteSaver``: a clip killed mid-graph resumes at its last finished super-step;
 finished clips' threads are pruned), a ``.lock`` file held with ``flock`` while a batch runs, and
-the outputs: ``discrete.csv`` (``name,discrete``), ``openset.csv`` (``name,openset``),
-``results.parquet``, ``errors.csv`` and ``metrics.json`` when ground truth is present.
-
-Outputs are regenerated from the store and replaced atomically (temp file + rename), so a
-SIGKILL at any moment leaves either the previous or the new file, never duplicates; ``--resume``
-skips clips already ``ok`` and rewrites the outputs.
+the outputs written by ``graphs.outputs`` (submission CSVs, ``results.parquet``, ``errors.csv``,
+``metrics.json``), regenerated from the store and replaced atomically, so a SIGKILL at any
+moment leaves either the previous or the new file, never duplicates; ``--resume`` skips clips
+already ``ok`` and rewrites the outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,20 +25,14 @@ from typing import Any
 from meragent.config import Settings
 from meragent.errors import ConfigError, DataError, MeragentError
 from meragent.graphs.media_cache import MediaCache
+from meragent.graphs.outputs import OUTPUT_FILES, OutputPaths, aggregate_metrics, write_outputs
 from meragent.graphs.runtime import Runtime, runtime_for
 from meragent.graphs.state import TRACKS
-from meragent.graphs.trace import TraceStore, dumps, open_trace
+from meragent.graphs.trace import TraceStore, open_trace
 from meragent.schema import Clip, ClipFailure
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
 LOCK_FILE = ".lock"
-OUTPUT_FILES = (
-    "discrete.csv",
-    "openset.csv",
-    "results.parquet",
-    "errors.csv",
-    "metrics.json",
-)
 _RUN_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -96,16 +88,6 @@ def clear_run(run_dir: Path) -> None:
     for base in ("trace.sqlite", CHECKPOINT_FILE):
         for suffix in ("", "-wal", "-shm"):
             (run_dir / f"{base}{suffix}").unlink(missing_ok=True)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``write(tmp)`` and rename over ``path`` (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- one clip
@@ -177,148 +159,6 @@ def record_failure(
         result={"clip": clip},
     )
     return failure
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-@dataclass
-class OutputPaths:
-    discrete: Path | None
-    openset: Path | None
-    parquet: Path
-    errors: Path
-    metrics: Path | None
-
-
-def _results_frame(store: TraceStore, run_id: str) -> Any:
-    import pandas as pd
-
-    from meragent.schema import EMOTIONS
-
-    rows = []
-    for record in store.results(run_id):
-        result = record.result or {}
-        prediction = result.get("prediction") or {}
-        clip = result.get("clip") or {}
-        probs = prediction.get("probs") or {}
-        row: dict[str, Any] = {
-            "name": record.clip_id,
-            "seq": record.seq,
-            "status": record.status,
-            "discrete": record.discrete,
-            "openset": record.openset or [],
-            "description": record.description,
-            "valence": prediction.get("valence"),
-            "source": prediction.get("source"),
-            "flags": prediction.get("flags") or [],
-            "llm_choice": result.get("llm_choice"),
-            "transcript": result.get("transcript"),
-            "stage": record.stage,
-            "error": record.error,
-            "latency_s": record.latency_s,
-            "finished_at": record.finished_at,
-            "gt_discrete": clip.get("discrete"),
-            "gt_valence": clip.get("valence"),
-            "gt_openset": clip.get("openset"),
-            "video": clip.get("video"),
-            "subtitle": clip.get("subtitle"),
-            "clues_json": dumps(result.get("clues")),
-            "media_json": dumps(result.get("media")),
-            "fusion_json": dumps(result.get("fusion")),
-            "metrics_json": dumps(result.get("metrics")),
-        }
-        for emotion in EMOTIONS:
-            row[f"prob_{emotion}"] = probs.get(emotion)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    import csv
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def aggregate_metrics(store: TraceStore, run_id: str) -> dict[str, Any] | None:
-    """Six-class and MER-OV scores over the finished clips that carry ground truth."""
-    six_true, six_pred, val_true, val_pred = [], [], [], []
-    ov_true: dict[str, list[str]] = {}
-    ov_pred: dict[str, list[str]] = {}
-    for record in store.results(run_id, status="ok"):
-        result = record.result or {}
-        clip = result.get("clip") or {}
-        prediction = result.get("prediction") or {}
-        if clip.get("discrete") and "fusion" in result:
-            six_true.append(clip["discrete"])
-            six_pred.append(record.discrete)
-            val_true.append(clip.get("valence"))
-            val_pred.append(prediction.get("valence"))
-        if clip.get("openset") is not None and "labels" in result:
-            ov_true[record.clip_id] = list(clip["openset"])
-            ov_pred[record.clip_id] = list(record.openset or [])
-    metrics: dict[str, Any] = {}
-    if six_true:
-        from meragent.eval.six import six_class_metrics
-
-        report = six_class_metrics(six_true, six_pred, valence_true=val_true, valence_pred=val_pred)
-        metrics["six_class"] = report.model_dump(mode="json")
-    if ov_true:
-        from meragent.eval.ov import score_ov
-
-        metrics["ov"] = score_ov(ov_true, ov_pred).model_dump(mode="json")
-    return metrics or None
-
-
-def write_outputs(
-    store: TraceStore,
-    run_dir: Path,
-    run_id: str,
-    *,
-    track: str,
-    row_errors: Sequence[tuple[str, str, str]] = (),
-    with_metrics: bool = True,
-) -> OutputPaths:
-    """Regenerate every output file from the store, each replaced atomically."""
-    import json
-
-    from meragent.agents.labeler import format_labels
-
-    ok = store.results(run_id, status="ok")
-    failed = store.results(run_id, status="failed")
-    discrete = openset = metrics_path = None
-    if track in ("semi", "noise", "all"):
-        discrete = run_dir / "discrete.csv"
-        rows = [(r.clip_id, r.discrete) for r in ok if r.discrete]
-        _write_csv(discrete, ("name", "discrete"), rows)
-    if track in ("ov", "all"):
-        openset = run_dir / "openset.csv"
-        _write_csv(
-            openset, ("name", "openset"), [(r.clip_id, format_labels(r.openset or [])) for r in ok]
-        )
-    errors = run_dir / "errors.csv"
-    error_rows = [*row_errors, *((r.clip_id, r.stage or "", r.error or "") for r in failed)]
-    _write_csv(errors, ("name", "stage", "reason"), error_rows)
-    parquet = run_dir / "results.parquet"
-    frame = _results_frame(store, run_id)
-    atomic_write(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
-    if with_metrics:
-        metrics = aggregate_metrics(store, run_id)
-        if metrics is not None:
-            metrics_path = run_dir / "metrics.json"
-            text = json.dumps(metrics, indent=2, ensure_ascii=False)
-
-            def write_json(tmp: Path) -> None:
-                tmp.write_text(text, encoding="utf-8")
-
-            atomic_write(metrics_path, write_json)
-    return OutputPaths(discrete, openset, parquet, errors, metrics_path)
 
 
 # --------------------------------------------------------------------------- batch
@@ -542,6 +382,7 @@ def _run_clips(
         fusion_weights=rt.fusion_weights,
         llm_weight=rt.llm_weight,
         grouper=rt.grouper,
+        features_dir=rt.features_dir,
     )
 
     def process(seq: int, clip: Clip) -> ClipFailure | None:

@@ -13,6 +13,7 @@ With a trained attention-fusion head and a six-class-only track the LLM is skipp
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meragent.agents.chat import RoleChat
@@ -111,6 +112,7 @@ def build_graph(
     llm_weight: float = 1.0,
     grouper: Any = None,
     structured: bool | None = None,
+    features_dir: Path | None = None,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the clip graph.
 
@@ -118,6 +120,8 @@ def build_graph(
     ``audio_describer`` / ``video_describer``. ``chat_models``: ``{"reasoning": …,
     "labeler": …}`` LangChain chat models or :class:`RoleChat` wrappers (None to skip a role).
     ``decoder`` turns a Clip into DecodedMedia (default: ``data.media.decode_media``).
+    ``fusion_model``: a trained attention-fusion predictor (else late fusion); it reads the
+    clues' cached features, or ``features_dir/<encoder>/<clip>.npy``.
     """
     from langgraph.graph import END, START, StateGraph
 
@@ -132,6 +136,7 @@ def build_graph(
         fusion_weights=dict(fusion_weights or {}),
         llm_weight=llm_weight,
         grouper=grouper,
+        features_dir=features_dir,
         trace=trace,
         structured=structured,
     )

@@ -8,6 +8,7 @@ one-hot vote). The attention head reads the clip's cached embeddings (``Clue.fea
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,40 +88,61 @@ def late_fusion(
     return FusionInfo(discrete=best, probs=probs, source="late", inputs=inputs, valence=None)
 
 
-def feature_inputs(
-    clues: Sequence[Clue], modalities: Sequence[str]
-) -> dict[str, np.ndarray | None]:
-    """Cached embeddings per modality from the clues' ``feature_ref`` (None when absent)."""
-    features: dict[str, np.ndarray | None] = dict.fromkeys(modalities)
+def _clue_feature_refs(clues: Sequence[Clue]) -> dict[str, Path]:
+    """Encoder name -> cached feature file, from ``feature_ref`` and ``data[*_ref]`` of clues.
+
+    Feature-cache paths are ``<root>/<encoder>/<clip>.npy``, so the folder names the encoder.
+    """
+    refs: dict[str, Path] = {}
     for clue in clues:
-        modality = clue.modality.value
-        if modality in features and clue.available and clue.feature_ref:
-            array = np.load(clue.feature_ref, allow_pickle=False)
-            features[modality] = np.asarray(array, dtype=np.float32).reshape(-1)
+        if not clue.available:
+            continue
+        candidates = [clue.feature_ref] + [
+            v for k, v in clue.data.items() if k.endswith("_ref") and isinstance(v, str)
+        ]
+        for ref in candidates:
+            if ref:
+                refs.setdefault(Path(ref).parent.name, Path(ref))
+    return refs
+
+
+def feature_inputs(
+    clues: Sequence[Clue], encoders: Sequence[str], *, clip_id: str, features_dir: Path | None
+) -> dict[str, np.ndarray | None]:
+    """One vector per encoder the fusion head wants: from the clues' refs, else the cache.
+
+    Features extracted elsewhere (e.g. by MERTools) and dropped into the feature cache are
+    found by encoder name even when no tool of this run produced them.
+    """
+    from meragent.tools.feature_cache import FeatureCache
+
+    refs = _clue_feature_refs(clues)
+    cache = FeatureCache(features_dir) if features_dir is not None else None
+    features: dict[str, np.ndarray | None] = {}
+    for encoder in encoders:
+        if encoder in refs and refs[encoder].is_file():
+            features[encoder] = FeatureCache(refs[encoder].parent.parent).load(encoder, clip_id)
+        elif cache is not None and cache.has(encoder, clip_id):
+            features[encoder] = cache.load(encoder, clip_id)
+        else:
+            features[encoder] = None
     return features
 
 
-def attention_fusion(predictor: Any, clues: Sequence[Clue]) -> FusionInfo:
+def attention_fusion(
+    predictor: Any, clues: Sequence[Clue], *, clip_id: str, features_dir: Path | None = None
+) -> FusionInfo:
     """Run a trained attention-fusion head on the clip's cached embeddings."""
-    encoders = getattr(predictor, "encoders", None) or {}
-    modalities = (
-        list(encoders) if isinstance(encoders, Mapping) else ["acoustic", "visual", "lexical"]
-    )
-    output = predictor.predict(feature_inputs(clues, modalities))
-    scores = np.asarray(output.probs, dtype=np.float64).reshape(-1)
-    probs = {e: float(scores[i]) for i, e in enumerate(EMOTIONS)}
+    encoders = list(predictor.encoders)
+    features = feature_inputs(clues, encoders, clip_id=clip_id, features_dir=features_dir)
+    output = predictor.predict(features)
+    probs = {e: float(output.probs.get(e, 0.0)) for e in EMOTIONS}
     best = max(EMOTIONS, key=lambda e: (probs[e], -EMOTIONS.index(e)))
-    attention = getattr(output, "attention", None)
-    attention_map = None
-    if attention is not None:
-        values = np.asarray(attention, dtype=np.float64).reshape(-1)
-        attention_map = {m: float(values[i]) for i, m in enumerate(modalities[: len(values)])}
-    valence = getattr(output, "valence", None)
     return FusionInfo(
         discrete=best,
         probs=probs,
-        valence=None if valence is None else float(valence),
+        valence=None if output.valence is None else float(output.valence),
         source="attention",
-        inputs=list(modalities),
-        attention=attention_map,
+        inputs=[e for e, v in features.items() if v is not None],
+        attention={str(k): float(v) for k, v in (output.attention or {}).items()},
     )

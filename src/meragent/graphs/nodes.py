@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from meragent.agents.chat import ChatCallError, RoleChat
@@ -62,6 +63,7 @@ class PipelineDeps:
     fusion_weights: Mapping[str, float] = field(default_factory=dict)
     llm_weight: float = 1.0
     grouper: Any | None = None
+    features_dir: Path | None = None
     trace: TraceStore | None = None
     structured: bool | None = None
     few_shot: bool = True
@@ -300,7 +302,12 @@ class PipelineNodes:
         record.inputs = {"modality_probs": per_modality, "llm_choice": choice}
         if self.deps.fusion_model is not None:
             record.model_id = str(getattr(self.deps.fusion_model, "model_id", "attention"))
-            info = attention_fusion(self.deps.fusion_model, clues)
+            info = attention_fusion(
+                self.deps.fusion_model,
+                clues,
+                clip_id=state["clip"].id,
+                features_dir=self.deps.features_dir,
+            )
         else:
             record.model_id = "late_fusion"
             info = late_fusion(

@@ -109,6 +109,7 @@ def run_one(
             fusion_weights=rt.fusion_weights,
             llm_weight=rt.llm_weight,
             grouper=rt.grouper,
+            features_dir=rt.features_dir,
         )
         seq = len(store.clip_ids(run_name))
         clock = time.perf_counter()

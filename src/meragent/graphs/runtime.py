@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from meragent.agents.chat import RoleChat, UsageTally, make_chat_model, policy_for
@@ -36,6 +37,7 @@ class Runtime:
     fusion_weights: dict[str, float] = field(default_factory=dict)
     llm_weight: float = 1.0
     grouper: Any = None
+    features_dir: Path | None = None
     secrets: list[str] = field(default_factory=list)
     fake: bool = False
 
@@ -68,7 +70,7 @@ def _load_fusion(settings: Settings) -> Any:
         return None  # late fusion until a trained head is named
     from meragent.tools.fusion_model import load_fusion_model
 
-    return load_fusion_model(role.model, device=settings.resolved_device())
+    return load_fusion_model(Path(role.model), device=settings.resolved_device())
 
 
 def build_runtime(settings: Settings, *, track: str) -> Runtime:
@@ -100,6 +102,7 @@ def build_runtime(settings: Settings, *, track: str) -> Runtime:
         fusion_model=fusion_model,
         fusion_weights={str(k): float(v) for k, v in fusion_options.get("weights", {}).items()},
         llm_weight=float(fusion_options.get("llm_weight", 1.0)),
+        features_dir=settings.features_dir,
         secrets=secrets,
     )
 

@@ -154,15 +154,20 @@ class SpeechRecognizer:
     language: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int = ASR_SAMPLE_RATE) -> Transcript:
-        """Transcribe one clip; silence gives ``Transcript(text="", no_speech=True)``."""
+    def transcribe(
+        self, audio: np.ndarray, sample_rate: int = ASR_SAMPLE_RATE, language: str | None = None
+    ) -> Transcript:
+        """Transcribe one clip; silence gives ``Transcript(text="", no_speech=True)``.
+
+        ``language`` (e.g. from the manifest) skips language identification.
+        """
         audio = to_asr_rate(audio, sample_rate)
         if is_silent(audio):
             return Transcript(text="", no_speech=True)
         # CTranslate2 models are thread-safe, but whisperx's pipeline keeps per-call tokenizer
         # state, so concurrent clips take turns.
         with self._lock:
-            language, probability = self._detect_language(audio)
+            language, probability = self._detect_language(audio, language or self.language)
             if self.backend == "whisperx":
                 segments = self._whisperx_segments(audio, language)
             else:
@@ -177,9 +182,9 @@ class SpeechRecognizer:
     def _whisper_model(self) -> Any:
         return self.model.model if self.backend == "whisperx" else self.model
 
-    def _detect_language(self, audio: np.ndarray) -> tuple[str, float | None]:
-        if self.language:
-            return self.language, None
+    def _detect_language(self, audio: np.ndarray, known: str | None) -> tuple[str, float | None]:
+        if known:
+            return known, None
         language, probability, _ = self._whisper_model().detect_language(audio)
         return str(language), float(probability)
 

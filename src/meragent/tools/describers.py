@@ -41,6 +41,7 @@ AUDIO_TRUNCATED = "audio_truncated"
 DEFAULT_MAX_PIXELS = 360 * 420
 #: qwen_vl_utils' default lower bound per video frame (128 merged 28 × 28 patches).
 VIDEO_MIN_PIXELS = 128 * 28 * 28
+MIN_FRAME_PIXELS = 112 * 112
 
 
 def cut_audio(audio: np.ndarray, sample_rate: int, max_s: float) -> tuple[np.ndarray, bool]:
@@ -81,7 +82,8 @@ def effective_fps(media: DecodedMedia) -> float:
 def _generate(model: Any, processor: Any, inputs: Any, max_new_tokens: int) -> str:
     import torch
 
-    inputs = inputs.to(model.device)
+    # Floating inputs (mel features, pixels) must match a half-precision model's dtype.
+    inputs = inputs.to(model.device, model.dtype)
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -135,13 +137,16 @@ class LocalVideoLLM:
         from PIL import Image
 
         images = [Image.fromarray(np.ascontiguousarray(frame)) for frame in frames]
+        # qwen_vl_utils resizes frame lists to multiples of 56 px first: a budget under two
+        # such cells per side would round a frame down to zero pixels.
+        max_pixels = max(self.max_pixels, MIN_FRAME_PIXELS)
         video = {
             "type": "video",
             "video": images,
             "sample_fps": fps,
-            "max_pixels": self.max_pixels,
+            "max_pixels": max_pixels,
             # qwen_vl_utils' floor (128 tokens per frame) would exceed a small max_pixels.
-            "min_pixels": min(self.max_pixels, VIDEO_MIN_PIXELS),
+            "min_pixels": min(max_pixels, VIDEO_MIN_PIXELS),
         }
         return [{"role": "user", "content": [video, {"type": "text", "text": prompt}]}]
 

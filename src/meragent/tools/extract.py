@@ -8,6 +8,9 @@ rest are decoded, grouped ``batch_size`` at a time into shared forward passes, a
 ``.npy`` each. A clip that fails (unreadable file, no audio, too short) is recorded and the run
 goes on; a batch that fails is retried clip by clip so one bad clip cannot sink its neighbours.
 The failures of the last run are written to ``<features_dir>/<feature>.failures.jsonl``.
+
+Text encoders embed the manifest's subtitle; a clip without one gets the zero vector (MERTools'
+convention). Run the pipeline (which transcribes with ASR) to fill subtitles first if needed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from meragent.tools.registry import feature_name_for, role_feature_name
 
 EXPLICIT_KINDS = ("hubert", "wav2vec2", "clip", "hf", "minilm")
 NAMED_ENCODERS = ("acoustic", "visual", "lexical", "prosody", "fer", "minilm")
+#: Speech encoders (HuBERT/wav2vec2 family) and the prosody clue work on 16 kHz audio.
+AUDIO_RATE = 16000
 #: Exceptions a single clip may raise while being decoded or encoded.
 CLIP_FAILURES = (MeragentError, ValueError, RuntimeError, OSError)
 
@@ -83,7 +88,7 @@ def _prosody_extractor() -> Extractor:
     from meragent.tools.prosody import extract_prosody
 
     def encode(audios: list[np.ndarray]) -> list[np.ndarray]:
-        return [extract_prosody(audio, 16000).as_vector() for audio in audios]
+        return [extract_prosody(audio, AUDIO_RATE).as_vector() for audio in audios]
 
     return Extractor(PROSODY_FEATURE, "prosody", "audio", encode)
 
@@ -133,41 +138,48 @@ def _text_extractor(backend: str, model: str, options: dict[str, Any], device: s
     return Extractor(feature, model, "text", lambda texts: list(encoder.encode(texts)))
 
 
-def _from_role(settings: Settings, role: str, device: str) -> Extractor:
+def _from_role(settings: Settings, role: str, device: str, overrides: dict[str, Any]) -> Extractor:
     config: RoleConfig = settings.role(role)
+    options = {**config.options, **overrides}
     if role == "acoustic_encoder":
         if config.backend == "prosody":
             return _prosody_extractor()
         if config.backend in ("hubert", "wav2vec2") and config.model:
-            return _audio_extractor(config.backend, config.model, config.options, device)
+            return _audio_extractor(config.backend, config.model, options, device)
     if role == "visual_encoder" and config.backend == "clip" and config.model:
         extractor = _clip_extractor(config.model, config.options, device)
         extractor.feature = role_feature_name(config, config.model)
         return extractor
     if role == "text_encoder" and config.backend in ("hf", "minilm"):
         model = config.model or "bundled:minilm"
-        return _text_extractor(config.backend, model, config.options, device)
+        return _text_extractor(config.backend, model, options, device)
     raise ConfigError(
         f"profile {settings.profile!r} has no extractable model for role {role} "
         f"(backend {config.backend!r}); name one explicitly, e.g. --encoder hubert:MODEL"
     )
 
 
-def build_extractor(settings: Settings, encoder: str, device: str) -> Extractor:
-    """Resolve an ``--encoder`` name (see the module docstring) into a loaded extractor."""
+def build_extractor(
+    settings: Settings, encoder: str, device: str, layers: int | None = None
+) -> Extractor:
+    """Resolve an ``--encoder`` name (see the module docstring) into a loaded extractor.
+
+    ``layers`` overrides how many last hidden layers are summed (HuBERT and HF text encoders).
+    """
+    overrides: dict[str, Any] = {} if layers is None else {"layers": layers}
     if ":" in encoder and not encoder.startswith("bundled:"):
         kind, model = encoder.split(":", 1)
         if kind not in EXPLICIT_KINDS or not model:
             kinds = ", ".join(EXPLICIT_KINDS)
             raise ConfigError(f"unknown encoder {encoder!r}: use KIND:MODEL with KIND in {kinds}")
         if kind in ("hubert", "wav2vec2"):
-            return _audio_extractor(kind, model, {}, device)
+            return _audio_extractor(kind, model, overrides, device)
         if kind == "clip":
             return _clip_extractor(model, {}, device)
-        return _text_extractor(kind, model, {}, device)
+        return _text_extractor(kind, model, overrides, device)
     roles = {"acoustic": "acoustic_encoder", "visual": "visual_encoder", "lexical": "text_encoder"}
     if encoder in roles:
-        return _from_role(settings, roles[encoder], device)
+        return _from_role(settings, roles[encoder], device, overrides)
     if encoder == "prosody":
         return _prosody_extractor()
     if encoder == "fer":
@@ -195,7 +207,7 @@ def load_input(clip: Clip, needs: str, settings: Settings) -> Any:
 
     if needs == "audio":
         source = clip.audio or _media_path(clip)
-        return read_audio(Path(source), clip_id=clip.id, sample_rate=16000)
+        return read_audio(Path(source), clip_id=clip.id, sample_rate=AUDIO_RATE)
     media = decode_media(
         _media_path(clip),
         clip_id=clip.id,
@@ -242,6 +254,7 @@ def extract_features(
     *,
     batch_size: int = 16,
     device: str | None = None,
+    layers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExtractReport:
     """Fill the feature cache for every clip of ``source`` with ``encoder``'s vectors.
@@ -252,9 +265,13 @@ def extract_features(
 
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if device not in (None, "auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
     loaded = load_manifest(source, data_root=settings.data_root)
     clips = loaded.clips
-    extractor = build_extractor(settings, encoder, resolve_device(device or settings.device))
+    extractor = build_extractor(
+        settings, encoder, resolve_device(device or settings.device), layers=layers
+    )
     cache = FeatureCache(settings.features_dir)
     todo = [clip for clip in clips if not cache.has(extractor.feature, clip.id)]
     cached = len(clips) - len(todo)

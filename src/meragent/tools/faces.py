@@ -8,6 +8,7 @@ flag, so a tool can still run (clips that are already face crops often defeat th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,17 +79,21 @@ class YuNetFaceDetector:
     score_threshold: float = 0.7
     name: str = "yunet"
     _detector: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def detect(self, frame: np.ndarray) -> list[FaceBox]:
         import cv2
 
         height, width = frame.shape[:2]
-        if self._detector is None:
-            self._detector = cv2.FaceDetectorYN.create(
-                str(self.model_path), "", (width, height), self.score_threshold
-            )
-        self._detector.setInputSize((width, height))
-        _, found = self._detector.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        # The input size is detector state: parallel clips must not interleave set + detect.
+        with self._lock:
+            if self._detector is None:
+                self._detector = cv2.FaceDetectorYN.create(
+                    str(self.model_path), "", (width, height), self.score_threshold
+                )
+            self._detector.setInputSize((width, height))
+            _, found = self._detector.detect(bgr)
         if found is None:
             return []
         return [_yunet_box(row) for row in found]

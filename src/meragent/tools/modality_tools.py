@@ -14,7 +14,7 @@ problems (``ModelLoadError``) do propagate: they affect every clip and must be s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -233,7 +233,6 @@ class LexicalTool:
     asr: Lazy[Any] | None = None
     encoder: EncoderSlot | None = None
     name: str = "lexical"
-    flags_for_asr: list[str] = field(default_factory=lambda: [ASR_FLAG])
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
         heard = self._subtitle(clip, media)
@@ -285,7 +284,9 @@ class LexicalTool:
         if not media.has_audio or media.audio is None:
             return Clue.unavailable(Modality.LEXICAL, self.name, "no subtitle and no audio track")
         try:
-            transcript = self.asr.get().transcribe(media.audio, media.sample_rate)
+            transcript = self.asr.get().transcribe(
+                media.audio, media.sample_rate, language=clip.language
+            )
         except ModelLoadError:
             raise
         except CLIP_ERRORS as exc:
@@ -298,7 +299,7 @@ class LexicalTool:
             "language": transcript.language,
             "language_prob": transcript.language_prob,
         }
-        flags = list(self.flags_for_asr)
+        flags = [ASR_FLAG]
         if transcript.no_speech:
             flags.append(NO_SPEECH)
         return transcript.text, data, flags

@@ -1,0 +1,453 @@
+"""``meragent batch --executor ray``: the batch of ``graphs.batch``, run as a Ray Data pipeline.
+
+```
+manifest (driver) → skip clips already ok in the run's store (resume)
+  → decode + face crops          CPU tasks                      (ray_stages.decode_batch)
+  → speech / image / text encoders  actor pool, num_gpus=G, batched (ray_stages.EncoderStage)
+  → clip graph: tools, reasoning, labeler, fusion, answer    actor pool (ray_stages.GraphStage)
+  → driver: trace steps + clip_result committed to runs/NAME/trace.sqlite, outputs regenerated
+```
+
+The driver keeps everything that makes a run a run: the ``flock``, the resume rule, the trace
+store as commit log (only the driver writes it, so workers on other machines need no access to
+it), the periodic and final outputs written by ``graphs.outputs``. A clip is committed once: rows
+are deduplicated by clip id, and the store's primary key would replace a second row anyway.
+
+Failures stay per clip: every stage records a clip's error in its row instead of raising; a worker
+that dies is restarted and its batch retried by Ray (``max_restarts`` / ``max_task_retries``); a
+block that still fails is dropped by Ray Data (``max_errored_blocks=-1``) and its clips are
+recorded as failed (stage ``worker``), to be retried by ``--resume``.
+
+What differs from the in-process executor: there is no LangGraph checkpointer (a clip cut off
+mid-graph restarts from its first node), and the feature cache is written by the graph workers,
+so on several machines ``MERAGENT_HOME`` should be a shared filesystem for the cache to be shared.
+Ray is imported only here and only when this executor runs (optional extra ``meragent[ray]``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meragent.config import Settings
+from meragent.errors import ConfigError
+from meragent.graphs.batch import (
+    BatchOptions,
+    BatchSummary,
+    clear_run,
+    load_clips,
+    run_dir_for,
+    run_lock,
+)
+from meragent.graphs.outputs import aggregate_metrics, write_outputs
+from meragent.graphs.ray_stages import (
+    CLIP_ID,
+    PAYLOAD,
+    USAGE,
+    EncoderStage,
+    GraphStage,
+    RuntimeFactory,
+    StageContext,
+    add_usage,
+    decode_batch,
+    worker_environment,
+)
+from meragent.graphs.state import TRACKS
+from meragent.graphs.trace import TraceStore, dumps, open_trace
+from meragent.schema import Clip, ClipFailure, TraceStep
+
+INSTALL_HINT = "pip install 'meragent[ray]'"
+LOST_STAGE = "worker"
+LOST_REASON = "no result came back from the Ray workers (its batch failed after every retry)"
+
+
+@dataclass
+class RayOptions:
+    """How to run a batch on Ray; validated on construction.
+
+    ``address``: None starts a local Ray (or uses the one this process already initialised),
+    ``"auto"`` or ``HOST:PORT`` joins a running cluster. ``gpus_per_worker``: GPUs per encoder
+    actor (0: encoders on CPU). Worker counts default to one encoder actor per
+    ``gpus_per_worker`` GPUs of the cluster (1 without GPUs) and as many graph actors; CPU shares
+    default to what the cluster can give without starving the decode tasks.
+    ``llm_urls``: OpenAI-compatible servers for the LLM roles, clips spread over them.
+    ``runtime_factory``: builds each worker's Runtime (default ``graphs.runtime.runtime_for``).
+    """
+
+    address: str | None = None
+    gpus_per_worker: float = 0.0
+    encoder_batch_size: int = 16
+    encoder_workers: int | None = None
+    graph_workers: int | None = None
+    decode_cpus: float | None = None
+    actor_cpus: float | None = None
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    llm_urls: tuple[str, ...] = ()
+    runtime_factory: RuntimeFactory | None = None
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_worker < 0:
+            raise ConfigError("--gpus-per-worker must be 0 or more")
+        if self.encoder_batch_size < 1:
+            raise ConfigError("the encoder batch size must be at least 1")
+        for name in ("encoder_workers", "graph_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        for name in ("decode_cpus", "actor_cpus"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.max_restarts < 0 or self.max_task_retries < 0:
+            raise ConfigError("max_restarts and max_task_retries must be 0 or more")
+        self.llm_urls = tuple(url for url in self.llm_urls if url)
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Actor counts and resource shares for one run, derived from the cluster's size."""
+
+    encoder_workers: int
+    graph_workers: int
+    decode_cpus: float
+    actor_cpus: float
+    gpus_per_worker: float
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or a one-line ConfigError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # Ray Data ships in the ray[data] extra, not in plain ray
+    except ImportError as exc:
+        raise ConfigError(
+            f"--executor ray needs Ray Data, which is not installed ({exc}); {INSTALL_HINT}"
+        ) from None
+    return ray
+
+
+def plan_resources(cluster: dict[str, float], options: RayOptions) -> ResourcePlan:
+    """Worker counts and CPU shares for ``cluster`` (``ray.cluster_resources()``)."""
+    cpus = float(cluster.get("CPU", 1.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    per_gpu = options.gpus_per_worker
+    if per_gpu > 0 and gpus < per_gpu:
+        raise ConfigError(
+            f"--gpus-per-worker {per_gpu:g} but the Ray cluster has {gpus:g} GPU(s); "
+            "use --gpus-per-worker 0 to run the encoders on CPU"
+        )
+    default_encoders = max(1, int(gpus // per_gpu)) if per_gpu > 0 else 1
+    encoders = options.encoder_workers or default_encoders
+    graphs = options.graph_workers or encoders
+    # Actors hold their CPUs for the whole run: give them at most half the cluster, so the
+    # decode tasks always have room and the pipeline cannot stall.
+    actor_cpus = options.actor_cpus or min(1.0, cpus / (2 * (encoders + graphs)))
+    decode_cpus = options.decode_cpus or min(1.0, cpus / 2)
+    return ResourcePlan(encoders, graphs, decode_cpus, actor_cpus, per_gpu)
+
+
+@contextmanager
+def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
+    """Use this process's Ray, or start / join one for the run (and shut it down after)."""
+    if ray.is_initialized():
+        yield False
+        return
+    kwargs: dict[str, Any] = {
+        "address": address,
+        "runtime_env": {"env_vars": worker_environment(dict(os.environ))},
+        "logging_level": "WARNING",
+    }
+    if address is None:
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray instance"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot start or reach {where}: {message}") from None
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def data_context(ray: Any, progress: bool) -> Iterator[None]:
+    """Ray Data settings for the run: drop (and report) failed blocks instead of aborting."""
+    context = ray.data.DataContext.get_current()
+    saved = (context.max_errored_blocks, context.enable_progress_bars)
+    context.max_errored_blocks = -1
+    context.enable_progress_bars = progress
+    try:
+        yield
+    finally:
+        context.max_errored_blocks, context.enable_progress_bars = saved
+
+
+def build_dataset(
+    ray: Any,
+    todo: list[tuple[int, Clip]],
+    context: StageContext,
+    plan: ResourcePlan,
+    options: RayOptions,
+) -> Any:
+    """The lazy Ray Data pipeline from the clips to one result row per clip."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        return _stages(ray, todo, context, plan, options)
+
+
+def _stages(
+    ray: Any,
+    todo: list[tuple[int, Clip]],
+    context: StageContext,
+    plan: ResourcePlan,
+    options: RayOptions,
+) -> Any:
+    items = [{"seq": seq, "clip": clip.model_dump_json()} for seq, clip in todo]
+    batch = options.encoder_batch_size
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch)))
+    retries = actor_retry_args(dataset, options)
+    dataset = dataset.map_batches(
+        decode_batch,
+        fn_kwargs={"context": context},
+        batch_size=batch,
+        batch_format="numpy",
+        num_cpus=plan.decode_cpus,
+    )
+    dataset = dataset.map_batches(
+        EncoderStage,
+        fn_constructor_kwargs={"context": context},
+        batch_size=batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.encoder_workers),
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.gpus_per_worker or None,
+        **retries,
+    )
+    return dataset.map_batches(
+        GraphStage,
+        fn_constructor_kwargs={"context": context},
+        batch_size=max(1, 2 * context.concurrency),
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=plan.graph_workers),
+        num_cpus=plan.actor_cpus,
+        **retries,
+    )
+
+
+def actor_retry_args(dataset: Any, options: RayOptions) -> dict[str, int]:
+    """Bounded actor restarts and task retries (Ray Data's own default is to retry forever).
+
+    Ray 2.5x-2.6x takes them only as extra remote arguments (deprecated there, with no named
+    replacement yet): pass them while ``map_batches`` accepts them, else keep Ray's default.
+    """
+    import inspect
+
+    parameters = inspect.signature(dataset.map_batches).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return {}
+    return {"max_restarts": options.max_restarts, "max_task_retries": options.max_task_retries}
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def commit_row(store: TraceStore, run_id: str, row: dict[str, Any]) -> ClipFailure | None:
+    """Write one graph-stage row to the store: its trace steps, then its clip_result (commit)."""
+    payload = json.loads(str(row[PAYLOAD]))
+    clip_id = str(row[CLIP_ID])
+    seq = int(row["seq"])
+    for entry in payload.get("steps", []):
+        store.add_step(TraceStep.model_validate(entry["step"]), inputs=entry.get("inputs"))
+    latency = float(payload.get("latency_s", 0.0))
+    if payload["status"] == "ok":
+        output = payload["output"]
+        prediction = output.get("prediction") or {}
+        store.record_result(
+            run_id,
+            clip_id,
+            seq=seq,
+            status="ok",
+            discrete=prediction.get("discrete"),
+            openset=list(prediction.get("openset") or []),
+            description=prediction.get("description"),
+            latency_s=latency,
+            result=output,
+        )
+        return None
+    store.record_result(
+        run_id,
+        clip_id,
+        seq=seq,
+        status="failed",
+        stage=payload["stage"],
+        error=payload["error"],
+        latency_s=latency,
+        result={"clip": payload.get("clip")},
+    )
+    return ClipFailure(clip_id=clip_id, stage=payload["stage"], reason=payload["reason"])
+
+
+def record_lost(store: TraceStore, run_id: str, seq: int, clip: Clip) -> ClipFailure:
+    """A clip whose batch Ray gave up on: failed, so that ``--resume`` tries it again."""
+    store.record_result(
+        run_id,
+        clip.id,
+        seq=seq,
+        status="failed",
+        stage=LOST_STAGE,
+        error=f"WorkerLost: {LOST_REASON}",
+        latency_s=0.0,
+        result={"clip": json.loads(dumps(clip) or "null")},
+    )
+    return ClipFailure(clip_id=clip.id, stage=LOST_STAGE, reason=LOST_REASON)
+
+
+def settings_secrets(settings: Settings) -> list[str]:
+    return [settings.llm_api_key.get_secret_value()] if settings.llm_api_key else []
+
+
+def run_batch_ray(
+    settings: Settings,
+    source: Path | str,
+    run_name: str,
+    options: BatchOptions | None = None,
+    ray_options: RayOptions | None = None,
+) -> BatchSummary:
+    """Run every clip of ``source`` on Ray into ``runs_dir/run_name`` (same files as run_batch)."""
+    options = options or BatchOptions()
+    ray_options = ray_options or RayOptions()
+    if options.track not in TRACKS:
+        raise ConfigError(f"unknown track {options.track!r} (choose from {', '.join(TRACKS)})")
+    if options.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    ray = import_ray()  # fail before touching the run folder
+    run_dir = run_dir_for(settings, run_name)
+    with run_lock(run_dir, run_name):
+        if options.overwrite:
+            clear_run(run_dir)
+        clips, row_errors = load_clips(source, settings)
+        if options.limit is not None:
+            clips = clips[: options.limit]
+        return _run_locked(
+            ray, settings, str(source), run_name, run_dir, clips, row_errors, options, ray_options
+        )
+
+
+def _run_locked(
+    ray: Any,
+    settings: Settings,
+    source: str,
+    run_id: str,
+    run_dir: Path,
+    clips: list[Clip],
+    row_errors: list[tuple[str, str, str]],
+    options: BatchOptions,
+    ray_options: RayOptions,
+) -> BatchSummary:
+    from meragent.graphs.batch import _prepare_store
+
+    started = time.perf_counter()
+    usage: dict[str, dict[str, float]] = {}
+    with open_trace(run_dir, secrets=settings_secrets(settings)) as store:
+        done = _prepare_store(store, run_id, options, settings, source, len(clips))
+        todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
+        summary = BatchSummary(
+            run_name=run_id,
+            run_dir=run_dir,
+            track=options.track,
+            n_clips=len(clips),
+            n_skipped=len(clips) - len(todo),
+            n_ok=0,
+            n_failed=0,
+            n_row_errors=len(row_errors),
+            elapsed_s=0.0,
+        )
+        status = "interrupted"
+        try:
+            if todo:
+                _run_on_ray(ray, store, run_dir, run_id, todo, settings, options, ray_options,
+                            summary, row_errors, usage)  # fmt: skip
+            status = "finished"
+        finally:
+            store.finish_run(run_id, status=status, usage=usage)
+            summary.usage = usage
+            summary.outputs = write_outputs(
+                store, run_dir, run_id, track=options.track, row_errors=row_errors
+            )
+            summary.elapsed_s = time.perf_counter() - started
+        summary.metrics = aggregate_metrics(store, run_id)
+    return summary
+
+
+def _run_on_ray(
+    ray: Any,
+    store: TraceStore,
+    run_dir: Path,
+    run_id: str,
+    todo: list[tuple[int, Clip]],
+    settings: Settings,
+    options: BatchOptions,
+    ray_options: RayOptions,
+    summary: BatchSummary,
+    row_errors: list[tuple[str, str, str]],
+    usage: dict[str, dict[str, float]],
+) -> None:
+    from meragent.graphs.batch import _progress
+    from meragent.graphs.runtime import runtime_for
+
+    with ray_session(ray, ray_options.address), data_context(ray, progress=False):
+        plan = plan_resources(ray.cluster_resources(), ray_options)
+        context = StageContext(
+            settings=settings,
+            track=options.track,
+            run_id=run_id,
+            factory=ray_options.runtime_factory or runtime_for,
+            token=uuid.uuid4().hex,
+            concurrency=options.concurrency,
+            llm_urls=ray_options.llm_urls,
+            gpu=plan.gpus_per_worker > 0,
+        )
+        dataset = build_dataset(ray, todo, context, plan, ray_options)
+        committed: set[str] = set()
+        last_export = time.monotonic()
+        with _progress(options.progress, len(todo)) as progress:
+            task = progress.add_task(run_id, total=len(todo), failed=0)
+            for row in dataset.iter_rows():
+                clip_id = str(row[CLIP_ID])
+                if clip_id in committed:
+                    continue  # never twice, whatever Ray retried
+                failure = commit_row(store, run_id, row)
+                committed.add(clip_id)
+                if row[USAGE]:
+                    add_usage(usage, json.loads(str(row[USAGE])))
+                _count(summary, failure)
+                progress.update(task, advance=1, failed=summary.n_failed)
+                if time.monotonic() - last_export > options.export_every_s:
+                    write_outputs(store, run_dir, run_id, track=options.track,
+                                  row_errors=row_errors, with_metrics=False)  # fmt: skip
+                    last_export = time.monotonic()
+            for seq, clip in todo:
+                if clip.id not in committed:
+                    _count(summary, record_lost(store, run_id, seq, clip))
+                    progress.update(task, advance=1, failed=summary.n_failed)
+
+
+def _count(summary: BatchSummary, failure: ClipFailure | None) -> None:
+    if failure is None:
+        summary.n_ok += 1
+    else:
+        summary.n_failed += 1
+        summary.failures.append(failure)
