@@ -77,15 +77,23 @@ def build_clip_large(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
+def timed_pair(
+    ours: Callable[[], Any], bare: Callable[[], Any], repeats: int
+) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``bare`` after one warm-up each.
+
+    The two are run alternately, so a noisy (shared) machine slows both alike and the ratio
+    stays meaningful even when the absolute numbers drift.
+    """
+    ours()
+    bare()
+    times: dict[str, list[float]] = {"ours": [], "bare": []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in (("ours", ours), ("bare", bare)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return float(np.median(times["ours"])), float(np.median(times["bare"]))
 
 
 def bench_hubert(folder: Path, device: str, batch: int, audio_s: float, repeats: int) -> dict:
@@ -110,7 +118,7 @@ def bench_hubert(folder: Path, device: str, batch: int, audio_s: float, repeats:
     def ours() -> None:
         encoder.encode_many(audios, batch_size=batch)
 
-    return _row("hubert-large", batch, timed(ours, repeats), timed(bare, repeats), audio_s=audio_s)
+    return _row("hubert-large", batch, *timed_pair(ours, bare, repeats), audio_s=audio_s)
 
 
 def bench_clip(folder: Path, device: str, batch: int, frames: int, repeats: int) -> dict:
@@ -135,11 +143,7 @@ def bench_clip(folder: Path, device: str, batch: int, frames: int, repeats: int)
         encoder.encode_many(clips, batch_size=batch * frames)
 
     return _row(
-        "clip-vit-large-patch14",
-        batch,
-        timed(ours, repeats),
-        timed(bare, repeats),
-        frames_per_clip=frames,
+        "clip-vit-large-patch14", batch, *timed_pair(ours, bare, repeats), frames_per_clip=frames
     )
 
 

@@ -58,17 +58,32 @@ def synthetic_samples(
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, len(vocab) + 1) ** 0.8  # Zipf-like: few common words
     weights /= weights.sum()
+    # Draw everything at once (per-sample rng.choice with p= is slow); up to 6 + 3 per sample.
+    truth_draws = rng.choice(len(vocab), size=(n, 6), p=weights)
+    extra_draws = rng.choice(len(vocab), size=(n, 3), p=weights)
+    truth_sizes = rng.integers(1, 7, size=n)
+    extra_sizes = rng.integers(0, 4, size=n)
+    keep = rng.random((n, 6)) < 0.5
+    reform = rng.random((n, 6)) < 0.3
+    pick = rng.integers(0, 1 << 30, size=(n, 6))
     gt: dict[str, list[str]] = {}
     pred: dict[str, list[str]] = {}
     for i in range(n):
         name = f"sample_{i:08d}"
-        truth = list(rng.choice(vocab, size=int(rng.integers(1, 7)), p=weights))
-        kept = [t for t in truth if rng.random() < 0.5]
-        # Some kept labels come back as another form of the word ("happy" -> "happiness").
-        kept = [str(rng.choice(forms[t])) if t in forms and rng.random() < 0.3 else t for t in kept]
-        extra = list(rng.choice(vocab, size=int(rng.integers(0, 4)), p=weights))
-        gt[name] = [str(t) for t in truth]
-        pred[name] = [str(p) for p in kept + extra]
+        truth = [vocab[k] for k in truth_draws[i, : truth_sizes[i]]]
+        kept = []
+        for j, label in enumerate(truth):
+            if not keep[i, j]:
+                continue
+            # Some kept labels come back as another form ("happy" -> "happiness").
+            alternatives = forms.get(label)
+            kept.append(
+                alternatives[pick[i, j] % len(alternatives)]
+                if alternatives and reform[i, j]
+                else label
+            )
+        gt[name] = truth
+        pred[name] = kept + [vocab[k] for k in extra_draws[i, : extra_sizes[i]]]
     return gt, pred
 
 

@@ -102,7 +102,9 @@ def timed_search(rows: TrainingRows, config: FusionTrainConfig) -> dict[str, obj
     }
 
 
-def exact_extrapolated(rows: TrainingRows, base: FusionTrainConfig, epochs: int) -> dict[str, object]:
+def exact_extrapolated(
+    rows: TrainingRows, base: FusionTrainConfig, epochs: int
+) -> dict[str, object]:
     """Time each stack of the real draw for ``epochs`` epochs; scale to ``base.epochs``."""
     combos = sample_combos(base)
     total, per_stack = 0.0, []
@@ -132,8 +134,11 @@ def exact_extrapolated(rows: TrainingRows, base: FusionTrainConfig, epochs: int)
                 "extrapolated_s": round(scaled, 1),
             }
         )
-        print(f"  exact d={group[0].hidden} lr={group[0].lr:g} ×{len(group)}: {seconds:.1f}s "
-              f"for {epochs} epochs -> {scaled:.0f}s for {base.epochs}", flush=True)
+        print(
+            f"  exact d={group[0].hidden} lr={group[0].lr:g} ×{len(group)}: {seconds:.1f}s "
+            f"for {epochs} epochs -> {scaled:.0f}s for {base.epochs}",
+            flush=True,
+        )
     return {"extrapolated_wall_s": round(total, 1), "stacks": per_stack}
 
 

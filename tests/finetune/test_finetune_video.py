@@ -75,8 +75,10 @@ def test_clips_without_labels_anywhere_are_skipped_and_counted(clips: Path, tmp_
         writer = csv.writer(handle)
         writer.writerow(["name", "video", "subtitle", "openset"])
         writer.writerow(["synth_000", "video/synth_000.mp4", "so happy", "['happy']"])
-        writer.writerow(["synth_001", "video/synth_001.mp4", "", "[]"])
+        writer.writerow(["synth_001", "video/synth_001.mp4", "", ""])
         writer.writerow(["synth_002", "video/synth_002.mp4", "hm", ""])  # no labels anywhere
+    # The data folder's labels win over the manifest's and may be an empty list.
+    (tmp_path / "openset_labels.csv").write_text("name,openset\nsynth_001,[]\n", encoding="utf-8")
     config = LoraRunConfig(
         data_dir=tmp_path, base="unused", out_dir=tmp_path / "o", modality="video",
         manifest=manifest,

@@ -29,15 +29,21 @@ NON_EMOTION_WORDS: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 _HAS_LETTER = re.compile(r"[^\W\d_]")
+#: Characters no emotion label contains; an item with them is copied prompt or markup.
+_NOT_LABEL_CHARS = re.compile(r"[:=\"'<>{}\[\]|/\\@#]")
 _LEADING_ARTICLE = re.compile(r"^(?:the|a|an|his|her|their)\s+")
 
 
 def split_non_emotion(labels: list[str]) -> tuple[list[str], list[str]]:
-    """Partition labels into (kept, dropped): dropped are meta words or have no letters."""
+    """Partition labels into (kept, dropped): meta words, no letters, or markup characters."""
     kept, dropped = [], []
     for label in labels:
         bare = _LEADING_ARTICLE.sub("", label)
-        if bare in NON_EMOTION_WORDS or not _HAS_LETTER.search(label):
+        if (
+            bare in NON_EMOTION_WORDS
+            or not _HAS_LETTER.search(label)
+            or _NOT_LABEL_CHARS.search(label)
+        ):
             dropped.append(label)
         else:
             kept.append(label)

@@ -34,8 +34,8 @@ REASONING_SYSTEM_PROMPT = (
 REASONING_TASK = (
     "Go through the sources one at a time and say what each one suggests about how the person "
     "feels. Use the voice and the face to decide how the words are meant when the words alone "
-    "are ambiguous. Then, in a short paragraph, describe the person's emotional state and the "
-    "evidence for it."
+    "are ambiguous. Then, in two or three sentences, describe the person's emotional state and "
+    "the evidence for it."
 )
 
 SIX_CLASS_LIST = ", ".join(EMOTIONS)
@@ -65,14 +65,30 @@ def _scores(probs: dict[str, float] | None) -> str:
     return "tool scores: " + ", ".join(f"{name} {value:.2f}" for name, value in best)
 
 
+def spoken_text(clue: Clue) -> str:
+    """The words of a lexical clue: the tool's raw subtitle/transcript when it kept one."""
+    words = clue.data.get("subtitle") or clue.data.get("transcript")
+    return words if isinstance(words, str) and words.strip() else clue.text
+
+
+def _mentions_scores(text: str, probs: dict[str, float]) -> bool:
+    """Whether a tool already wrote its top score into its text (then it is not repeated)."""
+    name, value = max(probs.items(), key=lambda item: item[1])
+    return name in text and f"{value:.2f}" in text
+
+
 def render_clue(clue: Clue) -> str:
     """One bullet for a usable clue: its source, its text (quoted when spoken), its top scores."""
-    text = _shorten(clue.text) if clue.text.strip() else ""
-    if text and clue.modality is Modality.LEXICAL:
-        text = f'"{text}"'
-    scores = _scores(clue.probs)
+    if clue.modality is Modality.LEXICAL:
+        words = _shorten(spoken_text(clue))
+        language = clue.data.get("language")
+        source = f"{clue.source}, {language}" if language else clue.source
+        text = f'"{words}"' if words.strip() else ""
+    else:
+        source, text = clue.source, _shorten(clue.text) if clue.text.strip() else ""
+    scores = "" if clue.probs and _mentions_scores(text, clue.probs) else _scores(clue.probs)
     body = " ".join(part for part in (text, f"({scores})" if scores else "") if part)
-    return f"- from {clue.source}: {body or '(no text)'}"
+    return f"- from {source}: {body or '(no text)'}"
 
 
 def missing_note(modality: Modality, clues: Sequence[Clue]) -> str:

@@ -67,6 +67,8 @@ _ANSWER_LINE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _NEGATIONS = {"not", "no", "never", "without", "isn't", "wasn't", "nor"}
+#: Shorter echoed lines ("Observations:") are left alone: they may be the model's own words.
+ECHO_MIN_CHARS = 12
 
 
 class SixClassAnswer(BaseModel):
@@ -123,6 +125,22 @@ def last_class_mention(text: str) -> str | None:
             continue
         return emotion
     return None
+
+
+def _norm(line: str) -> str:
+    return " ".join(re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", line).split()).lower()
+
+
+def strip_prompt_echo(text: str, prompt: str) -> tuple[str, bool]:
+    """Drop output lines that repeat a prompt line verbatim (small models often echo)."""
+    prompt_lines = {_norm(line) for line in prompt.splitlines()}
+    kept = [
+        line
+        for line in text.splitlines()
+        if len(_norm(line)) < ECHO_MIN_CHARS or _norm(line) not in prompt_lines
+    ]
+    stripped = "\n".join(kept).strip()
+    return stripped, stripped != text.strip()
 
 
 def parse_reasoning_text(raw: str | None) -> tuple[str, str | None, list[str]]:
@@ -228,6 +246,9 @@ def _ask_text(chat: RoleChat, clues: Sequence[Clue]) -> ReasoningResult:
     messages = reasoning_messages(clues, structured=False)
     reply = chat.invoke(messages)
     description, choice, flags = parse_reasoning_text(reply.text)
+    description, echoed = strip_prompt_echo(description, messages[-1]["content"])
+    if echoed:
+        flags.append("prompt_echo")
     return ReasoningResult(
         description=description,
         choice=choice,

@@ -36,6 +36,13 @@ class LanguageChoice(StrEnum):
     both = "both"
 
 
+class GrouperChoice(StrEnum):
+    """Synonym grouping used to score predictions."""
+
+    embedding = "embedding"
+    llm = "llm"
+
+
 class ExportFormat(StrEnum):
     """Dataset formats ``finetune export`` writes."""
 
@@ -123,6 +130,17 @@ def lora(
         str,
         typer.Option("--encoder", help="Grouper's sentence encoder (bundled:minilm, id, none)."),
     ] = "bundled:minilm",
+    grouper: Annotated[
+        GrouperChoice,
+        typer.Option(
+            "--grouper",
+            help="Synonym grouping for scoring: embedding (offline) or llm (the profile's "
+            "reasoning LLM, e.g. an OpenAI-compatible server).",
+        ),
+    ] = GrouperChoice.embedding,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="Profile for --grouper llm.")
+    ] = None,
     zero_shot: Annotated[
         bool, typer.Option("--zero-shot/--no-zero-shot", help="Score the untuned base too.")
     ] = True,
@@ -180,6 +198,8 @@ def lora(
         zero_shot=zero_shot,
         word_forms=word_forms,
         encoder=encoder,
+        grouper=grouper.value,
+        profile=profile,
         manifest=manifest,
         num_frames=num_frames,
         threads=threads,

@@ -1,7 +1,444 @@
-"""``meragent fusion``: commands (being built)."""
+"""``meragent fusion``: train the six-class fusion head, predict with it, pseudo-label a pool."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-app = typer.Typer(help="fusion commands.", no_args_is_help=True)
+from meragent.commands.errors import friendly_errors
+from meragent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from meragent.finetune.fusion_train import FusionTrainConfig, FusionTrainResult
+    from meragent.schema import Clip
+    from meragent.tools.feature_cache import FeatureCache
+
+app = typer.Typer(
+    help="Attention-fusion classifier for MER-SEMI / MER-NOISE (k-fold search, pseudo-labels).",
+    no_args_is_help=True,
+)
+
+SourceArg = Annotated[
+    Path,
+    typer.Argument(help="Clips with labels: a MER folder, a CSV/JSONL manifest or a video folder."),
+]
+EncodersOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated encoders under the feature cache; 'a+b' concatenates two into one "
+        "input (e.g. hubert-large,clip-large,text)."
+    ),
+]
+FeaturesOpt = Annotated[
+    Path | None,
+    typer.Option(help="Feature cache root (<root>/<encoder>/<clip>.npy); default: $HOME/features."),
+]
+SplitOpt = Annotated[
+    str | None, typer.Option(help="Only this split of the source (train, test1, ...).")
+]
+DataRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root", help="Folder manifest paths resolve against (default: its folder)."
+    ),
+]
+ProfileOpt = Annotated[
+    str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
+]
+FoldsOpt = Annotated[int, typer.Option(min=2, help="Cross-validation folds (stratified, seeded).")]
+SearchOpt = Annotated[int, typer.Option(min=1, help="Hyper-parameter combinations to draw.")]
+EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs per fold (best held-out epoch kept).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of folds, draws, weights and batch order.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Architecture: attention (MER2024 Eq. 1-3) or mertools_attention (MERTools' release).",
+    ),
+]
+HiddenOpt = Annotated[str, typer.Option(help="Hidden sizes d to draw from (comma-separated).")]
+LrOpt = Annotated[str, typer.Option(help="Learning rates to draw from (comma-separated).")]
+DropoutOpt = Annotated[str, typer.Option(help="Dropout rates to draw from (comma-separated).")]
+UniqueOpt = Annotated[
+    bool, typer.Option("--unique", help="Never draw a combination twice (caps --search).")
+]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Stop a fold after this many epochs without a better held-out score."),
+]
+PcaOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pca-dim",
+        min=1,
+        help="Train first layers on each input's top principal components (faster; the saved "
+        "model still reads raw features).",
+    ),
+]
+ModalityDropoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.99,
+        help="Drop a whole input of a training clip with this probability (noise robustness).",
+    ),
+]
+ValenceOpt = Annotated[
+    str, typer.Option(help="Valence head: auto (when labels have valence), on or off.")
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: settings).")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")]
+AugmentOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="'corrupt': also train on features of corrupted copies (--augment-features)."
+    ),
+]
+AugmentFeaturesOpt = Annotated[
+    Path | None,
+    typer.Option(help="Feature cache of the corrupted copies (same encoders and clip names)."),
+]
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise ConfigError(f"--{what}: no value given")
+    return values
+
+
+def _ints(text: str, what: str) -> list[int]:
+    values = _floats(text, what)
+    if any(not v.is_integer() for v in values):
+        raise ConfigError(f"--{what} {text!r}: expected whole numbers")
+    return [int(v) for v in values]
+
+
+def _load_clips(source: Path, split: str | None, data_root: Path | None) -> list[Clip]:
+    """Clips of a source; bad rows are reported on stderr and the good ones kept."""
+    from meragent.data.manifest import load_manifest
+
+    loaded = load_manifest(source, data_root=data_root, split=split)
+    if loaded.errors:
+        typer.echo(f"warning: {len(loaded.errors)} unusable rows in {source}:", err=True)
+        for error in loaded.errors[:10]:
+            typer.echo(f"  {error}", err=True)
+    return list(loaded.clips)
+
+
+def _feature_cache(features: Path | None, profile: str | None) -> FeatureCache:
+    from meragent.config import load_settings
+    from meragent.tools.feature_cache import FeatureCache
+
+    root = features if features is not None else load_settings(profile=profile).features_dir
+    return FeatureCache(root)
+
+
+def _train_config(
+    *,
+    model: str,
+    folds: int,
+    search: int,
+    epochs: int,
+    seed: int,
+    hidden: str,
+    lr: str,
+    dropout: str,
+    unique: bool,
+    patience: int | None,
+    pca_dim: int | None,
+    modality_dropout: float,
+    valence: str,
+    device: str | None,
+    threads: int | None,
+    profile: str | None,
+) -> FusionTrainConfig:
+    from pydantic import ValidationError
+
+    from meragent.config import load_settings
+    from meragent.finetune.fusion_train import FusionTrainConfig
+
+    if valence not in ("auto", "on", "off"):
+        raise ConfigError(f"--valence must be auto, on or off, got {valence!r}")
+    try:
+        return FusionTrainConfig(
+            model=model,
+            folds=folds,
+            search=search,
+            epochs=epochs,
+            seed=seed,
+            hidden=_ints(hidden, "hidden"),
+            lr=_floats(lr, "lr"),
+            dropout=_floats(dropout, "dropout"),
+            unique=unique,
+            patience=patience,
+            pca_dim=pca_dim,
+            modality_dropout=modality_dropout,
+            valence=valence,
+            device=device or load_settings(profile=profile).device,
+            threads=threads,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid fusion setting {where}: {first['msg']}") from None
+
+
+def _augment_cache(augment: str | None, augment_features: Path | None) -> FeatureCache | None:
+    from meragent.tools.feature_cache import FeatureCache
+
+    if augment is None:
+        if augment_features is not None:
+            raise ConfigError("--augment-features needs --augment corrupt")
+        return None
+    if augment != "corrupt":
+        raise ConfigError(f"--augment {augment!r}: the only augmentation is 'corrupt'")
+    if augment_features is None or not augment_features.is_dir():
+        raise ConfigError(
+            "--augment corrupt needs --augment-features DIR: the feature cache of the corrupted "
+            "copies (run `meragent data corrupt`, then extract features into DIR)"
+        )
+    return FeatureCache(augment_features)
+
+
+def _print_training(result: FusionTrainResult, out: Path) -> None:
+    for line in result.report.lines():
+        typer.echo(line)
+    ranked = sorted(result.search.combos, key=lambda c: -c.score_mean)
+    typer.echo(f"{len(ranked)} combinations × {result.config.folds} folds (best first):")
+    for combo in ranked[:10]:
+        typer.echo("  " + combo.summary())
+    best = result.search.best
+    typer.echo(f"best: {best.summary()} in {result.search.elapsed_s:.1f}s; model written to {out}")
+
+
+@app.command("train")
+@friendly_errors
+def train(
+    source: SourceArg,
+    encoders: EncodersOpt,
+    out: Annotated[Path, typer.Option(help="Directory to write the trained model into.")],
+    folds: FoldsOpt = 5,
+    search: SearchOpt = 50,
+    epochs: EpochsOpt = 100,
+    seed: SeedOpt = 0,
+    model: ModelOpt = "attention",
+    features: FeaturesOpt = None,
+    hidden: HiddenOpt = "64,128,256",
+    lr: LrOpt = "1e-3,1e-4",
+    dropout: DropoutOpt = "0.2,0.3,0.4,0.5",
+    unique: UniqueOpt = False,
+    patience: PatienceOpt = None,
+    pca_dim: PcaOpt = None,
+    modality_dropout: ModalityDropoutOpt = 0.0,
+    augment: AugmentOpt = None,
+    augment_features: AugmentFeaturesOpt = None,
+    valence: ValenceOpt = "auto",
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    split: SplitOpt = None,
+    data_root: DataRootOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """k-fold random search of the fusion head on cached features; save the best model."""
+    from meragent.finetune.fusion_data import parse_branches
+    from meragent.finetune.fusion_train import save_fusion_model, train_fusion
+
+    config = _train_config(
+        model=model, folds=folds, search=search, epochs=epochs, seed=seed, hidden=hidden, lr=lr,
+        dropout=dropout, unique=unique, patience=patience, pca_dim=pca_dim,
+        modality_dropout=modality_dropout, valence=valence, device=device, threads=threads,
+        profile=profile,
+    )  # fmt: skip
+    branches = parse_branches(encoders)
+    augment_cache = _augment_cache(augment, augment_features)
+    clips = _load_clips(source, split, data_root)
+    cache = _feature_cache(features, profile)
+    result = train_fusion(
+        clips,
+        cache,
+        branches,
+        config,
+        augment_cache=augment_cache,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    save_fusion_model(result, out)
+    _print_training(result, out)
+
+
+@app.command("predict")
+@friendly_errors
+def predict(
+    source: Annotated[Path, typer.Argument(help="Clips to predict (labels optional).")],
+    model: Annotated[Path, typer.Option("--model", help="A trained fusion-model directory.")],
+    out: Annotated[Path, typer.Option(help="Submission CSV to write (name,discrete[,valence]).")],
+    features: FeaturesOpt = None,
+    device: DeviceOpt = None,
+    split: SplitOpt = None,
+    data_root: DataRootOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Predict every clip of SOURCE from cached features; write MER's submission CSV."""
+    from meragent.config import load_settings
+    from meragent.finetune.fusion_predict import predict_clips, write_submission
+    from meragent.finetune.fusion_train import resolve_device
+    from meragent.tools.fusion_model import load_fusion_model
+
+    predictor = load_fusion_model(
+        model, device=resolve_device(device or load_settings(profile=profile).device)
+    )
+    clips = _load_clips(source, split, data_root)
+    table = predict_clips([c.id for c in clips], _feature_cache(features, profile), predictor)
+    write_submission(table, out)
+    typer.echo(f"predicted {len(table.clip_ids)} clips -> {out}")
+    if table.skipped:
+        from meragent.finetune.fusion_data import short_list
+
+        typer.echo(
+            f"skipped {len(table.skipped)} clips with no features at all: "
+            f"{short_list(table.skipped)}",
+            err=True,
+        )
+    for name, missing in table.missing.items():
+        if missing:
+            typer.echo(f"{name}: features missing for {len(missing)} clips (masked)", err=True)
+    _print_scores(clips, table)
+
+
+def _print_scores(clips: list[Clip], table: object) -> None:
+    """When the clips carry labels, print WAF / accuracy of the predictions."""
+    from meragent.eval.six import six_class_metrics
+    from meragent.finetune.fusion_predict import PredictionTable
+
+    assert isinstance(table, PredictionTable)
+    truth = {c.id: c.discrete for c in clips if c.discrete is not None}
+    predicted = dict(zip(table.clip_ids, table.discrete(), strict=True))
+    names = [name for name in truth if name in predicted]
+    if not names:
+        return
+    report = six_class_metrics([truth[n] for n in names], [predicted[n] for n in names])
+    typer.echo(
+        f"on {len(names)} labelled clips: "
+        f"WAF {100 * report.waf:.2f} ACC {100 * report.accuracy:.2f}"
+    )
+
+
+@app.command("pseudo-label")
+@friendly_errors
+def pseudo_label(
+    source: SourceArg,
+    unlabeled: Annotated[Path, typer.Option(help="The unlabelled pool (a manifest or folder).")],
+    encoders: EncodersOpt,
+    out: Annotated[
+        Path, typer.Option(help="Directory for the final model, pseudo_labels.csv, rounds.json.")
+    ],
+    rounds: Annotated[int, typer.Option(min=1, help="Pseudo-labelling rounds.")] = 1,
+    eta: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.999,
+            help="Keep, per class, clips at or above this quantile of confidence.",
+        ),
+    ] = 0.8,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="Fixed confidence threshold for a class, CLASS=VALUE (repeatable)."),
+    ] = None,
+    test: Annotated[
+        Path | None,
+        typer.Option(help="Test clips: never pseudo-labelled, even if they are in the pool."),
+    ] = None,
+    folds: FoldsOpt = 5,
+    search: SearchOpt = 50,
+    epochs: EpochsOpt = 100,
+    seed: SeedOpt = 0,
+    model: ModelOpt = "attention",
+    features: FeaturesOpt = None,
+    hidden: HiddenOpt = "64,128,256",
+    lr: LrOpt = "1e-3,1e-4",
+    dropout: DropoutOpt = "0.2,0.3,0.4,0.5",
+    unique: UniqueOpt = False,
+    patience: PatienceOpt = None,
+    pca_dim: PcaOpt = None,
+    modality_dropout: ModalityDropoutOpt = 0.0,
+    valence: ValenceOpt = "auto",
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    data_root: DataRootOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """MER-SEMI: train, pseudo-label the confident pool clips per class, retrain (R rounds)."""
+    from meragent.finetune.fusion_data import parse_branches
+    from meragent.finetune.fusion_train import save_fusion_model
+    from meragent.finetune.pseudo_label import PseudoLabelConfig, pseudo_label_training
+
+    train_config = _train_config(
+        model=model, folds=folds, search=search, epochs=epochs, seed=seed, hidden=hidden, lr=lr,
+        dropout=dropout, unique=unique, patience=patience, pca_dim=pca_dim,
+        modality_dropout=modality_dropout, valence=valence, device=device, threads=threads,
+        profile=profile,
+    )  # fmt: skip
+    config = PseudoLabelConfig(
+        rounds=rounds, eta=eta, thresholds=_thresholds(threshold or []), train=train_config
+    )
+    branches = parse_branches(encoders)
+    labelled = _load_clips(source, None, data_root)
+    pool = _load_clips(unlabeled, None, data_root)
+    test_ids = [c.id for c in _load_clips(test, None, data_root)] if test is not None else []
+    result = pseudo_label_training(
+        labelled,
+        pool,
+        _feature_cache(features, profile),
+        branches,
+        config,
+        test_ids=test_ids,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_fusion_model(result.final, out / "model")
+    _write_pseudo_labels(result.labels, out / "pseudo_labels.csv")
+    (out / "rounds.json").write_text(
+        json.dumps([r.model_dump() for r in result.rounds], indent=2), encoding="utf-8"
+    )
+    for report in result.rounds:
+        added = ", ".join(f"{k} {v}" for k, v in report.added.items())
+        typer.echo(f"round {report.round}: added {sum(report.added.values())} ({added})")
+    _print_training(result.final, out / "model")
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    from meragent.schema import normalize_emotion
+
+    thresholds: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            thresholds[normalize_emotion(name)] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--threshold {item!r}: expected CLASS=VALUE, e.g. happy=0.9"
+            ) from None
+    return thresholds
+
+
+def _write_pseudo_labels(labels: Mapping[str, object], path: Path) -> None:
+    import csv
+
+    from meragent.finetune.pseudo_label import PseudoLabel
+
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["name", "discrete", "confidence", "round"])
+        for name, label in labels.items():
+            assert isinstance(label, PseudoLabel)
+            writer.writerow([name, label.label, f"{label.confidence:.4f}", label.round])

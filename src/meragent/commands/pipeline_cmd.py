@@ -160,24 +160,21 @@ def demo_command(
 
 def _print_demo_answers(result: Any) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
     from meragent.graphs.trace import read_trace
 
-    table = Table("clip", "six-class", "truth", "labels", "description")
+    console = Console()
     with read_trace(result.summary.run_dir) as store:
         for record in store.results(result.summary.run_name):
             clip = (record.result or {}).get("clip") or {}
-            description = (record.description or record.error or "")[:160]
-            table.add_row(
-                record.clip_id,
-                record.discrete or record.status,
-                str(clip.get("discrete") or ""),
-                ", ".join(record.openset or []),
-                description,
-            )
-    console = Console()
-    console.print(table)
+            line = Text(f"{record.clip_id}: ", style="bold")
+            line.append(f"six-class {record.discrete or record.status}")
+            line.append(f" (truth {clip.get('discrete') or '?'}), ")
+            line.append(f"labels {', '.join(record.openset or []) or '—'}")
+            console.print(line)
+            text = " ".join((record.description or record.error or "").split())
+            console.print(Text(f"  {text[:240]}{'…' if len(text) > 240 else ''}"))
     run = result.summary.run_name
     console.print(f"trace store: {result.summary.run_dir / 'trace.sqlite'}", markup=False)
     console.print(f"trace page:  {result.html}", markup=False)

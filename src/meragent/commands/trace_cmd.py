@@ -29,6 +29,7 @@ def list_runs() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from meragent.graphs.batch import batch_alive
     from meragent.graphs.trace import TRACE_FILE, read_trace
 
     settings = load_settings()
@@ -41,9 +42,11 @@ def list_runs() -> None:
     for path in folders:
         with read_trace(path.parent) as store:
             for run in store.runs():
+                # A batch killed with SIGKILL never wrote its end: say so instead of "running".
+                dead = run.status == "running" and not batch_alive(path.parent)
                 table.add_row(
                     run.run_id,
-                    run.status,
+                    "interrupted" if dead else run.status,
                     run.track or "",
                     run.profile or "",
                     str(run.n_ok),

@@ -14,7 +14,7 @@ alphabetical order), so ids read as words.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -128,6 +128,7 @@ class EmbeddingGrouper:
         self._faiss_index: object | None = None
         self._global = _UnionFind()
         self._group_of: dict[str, str] = {}
+        self._rank: list[int] = []
 
     @property
     def labels(self) -> list[str]:
@@ -155,14 +156,16 @@ class EmbeddingGrouper:
             self._group_of = _representatives(self._labels, self._global)
 
     def group_ids(self, sample: str, labels: Sequence[str]) -> list[str]:
-        keys = [normalise_label(label) for label in labels]
-        index_of = self._index_of
-        if any(key not in index_of for key in keys):
+        keys = [label.lower() for label in labels]  # normalise_label, inlined: hot path
+        try:
+            indices = [self._index_of[key] for key in keys]
+        except KeyError:
             self.fit(keys)
+            indices = [self._index_of[key] for key in keys]
         if self.scope == "global":
             return [self._group_of[key] for key in keys]
-        local = self._sample_groups({index_of[key] for key in keys})
-        return [local[index_of[key]] for key in keys]
+        local = self._sample_groups(set(indices))
+        return [local[index] for index in indices]
 
     def groups(self, labels: Sequence[str] | None = None) -> list[list[str]]:
         """Groups with more than one member (members sorted), over ``labels`` or all labels."""
@@ -175,28 +178,40 @@ class EmbeddingGrouper:
 
     def _sample_groups(self, indices: set[int]) -> dict[int, str]:
         """Group id of each label index: components of the link graph inside the sample."""
-        links, labels = self._links, self._labels
+        links, labels, rank = self._links, self._labels, self._ranks()
         mask = 0
         for index in indices:
             mask |= 1 << index
         group_of: dict[int, str] = {}
-        remaining = mask
-        while remaining:
-            component = frontier = remaining & -remaining
-            while frontier:
-                reached = 0
-                while frontier:
-                    bit = frontier & -frontier
-                    reached |= links[bit.bit_length() - 1]
-                    frontier ^= bit
-                frontier = reached & mask & ~component
-                component |= frontier
-            remaining &= ~component
-            members = [labels[i] for i in _bits(component)]
-            head = min(members, key=_id_order)
-            for i in _bits(component):
-                group_of[i] = head
+        for start in indices:
+            if start in group_of:
+                continue
+            if not links[start] & mask:  # the common case: linked to nothing in the sample
+                group_of[start] = labels[start]
+                continue
+            component, seen, stack = [start], 1 << start, [start]
+            while stack:
+                fresh = links[stack.pop()] & mask & ~seen
+                seen |= fresh
+                while fresh:
+                    bit = fresh & -fresh
+                    member = bit.bit_length() - 1
+                    component.append(member)
+                    stack.append(member)
+                    fresh ^= bit
+            head = labels[min(component, key=rank.__getitem__)]
+            for member in component:
+                group_of[member] = head
         return group_of
+
+    def _ranks(self) -> list[int]:
+        # Position of each label in id order (shortest first, then alphabetical), cached per fit.
+        if len(self._rank) != len(self._labels):
+            order = sorted(range(len(self._labels)), key=lambda i: _id_order(self._labels[i]))
+            self._rank = [0] * len(order)
+            for position, index in enumerate(order):
+                self._rank[index] = position
+        return self._rank
 
     def _link(self, a: int, b: int) -> None:
         if a != b:
@@ -237,13 +252,6 @@ class EmbeddingGrouper:
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         norms[norms == 0.0] = 1.0
         return np.ascontiguousarray(raw / norms, dtype=np.float32)
-
-
-def _bits(value: int) -> Iterator[int]:
-    while value:
-        bit = value & -value
-        yield bit.bit_length() - 1
-        value ^= bit
 
 
 def _id_order(label: str) -> tuple[int, str]:

@@ -75,11 +75,8 @@ def score_ov(
 
 def _labels_to_fit(gt: Mapping[str, Sequence[str]], pred: Mapping[str, Sequence[str]]) -> list[str]:
     # Prediction-only names are ignored by the metric, so their labels do not shape the grouping.
-    distinct: dict[str, None] = {}
-    for name, truth in gt.items():
-        for label in (*truth, *pred.get(name, ())):
-            distinct.setdefault(normalise_label(label), None)
-    return list(distinct)
+    every = (label for name, truth in gt.items() for label in (*truth, *pred.get(name, ())))
+    return list(dict.fromkeys(normalise_label(label) for label in every))
 
 
 def _fit_if_needed(grouper: Grouper, labels: Iterable[str]) -> None:
@@ -92,7 +89,7 @@ def _grouped_sets(
     grouper: Grouper, sample: str, truth: Sequence[str], predicted: Sequence[str]
 ) -> tuple[set[str], set[str]]:
     # One call per sample with both sides: an LLM grouper must see them together, as in the paper.
-    labels = [normalise_label(label) for label in (*truth, *predicted)]
+    labels = [label.lower() for label in (*truth, *predicted)]  # normalise_label, inlined
     ids = grouper.group_ids(sample, labels) if labels else []
     if len(ids) != len(labels):
         raise ValueError(

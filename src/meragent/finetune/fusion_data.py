@@ -132,7 +132,14 @@ def load_feature_table(
             if all(p is not None for p in parts):
                 matrix[i] = np.concatenate([np.asarray(p) for p in parts])
                 present[i, m] = True
-        configs.append(BranchConfig(name="+".join(branch), encoders=list(branch), dim=width))
+        configs.append(
+            BranchConfig(
+                name="+".join(branch),
+                encoders=list(branch),
+                dim=width,
+                encoder_dims=[dims[e] for e in branch],
+            )
+        )
         matrices.append(matrix)
     return FeatureTable(list(clip_ids), configs, matrices, present, dims)
 

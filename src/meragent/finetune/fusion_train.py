@@ -315,21 +315,22 @@ class _ComboDropout:
     def __init__(
         self, rates: Sequence[float], generators: Sequence[torch.Generator], device: str
     ) -> None:
-        self.rates = list(rates)
+        import torch
+
         self.generators = list(generators)
         self.device = device
+        self.rates = torch.tensor(list(rates), dtype=torch.float32, device=device)
+        self.scales = 1.0 / (1.0 - self.rates)
 
     def keep(self, shape: tuple[int, ...]) -> torch.Tensor:
         import torch
 
-        draws = []
-        for rate, generator in zip(self.rates, self.generators, strict=True):
-            uniform = torch.rand(shape, generator=generator, device=self.device)
-            if rate <= 0.0:
-                draws.append(torch.ones_like(uniform))
-            else:
-                draws.append((uniform >= rate).to(uniform.dtype).mul_(1.0 / (1.0 - rate)))
-        return torch.stack(draws)
+        uniform = torch.empty((len(self.generators), *shape), device=self.device)
+        for c, generator in enumerate(self.generators):
+            uniform[c].uniform_(generator=generator)
+        view = (-1,) + (1,) * len(shape)
+        kept = uniform >= self.rates.view(view)
+        return kept.to(uniform.dtype).mul_(self.scales.view(view))
 
     def drop_branches(self, mask: torch.Tensor, rate: float) -> torch.Tensor:
         """``mask (K,B,1,M)`` -> ``(K,B,C,M)`` with whole branches dropped (never all of a row)."""
@@ -367,12 +368,15 @@ class _FoldPlan:
 
 def _fit_projection(x: np.ndarray, present: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and top-``rank`` principal directions ``(D, rank)`` of the present rows."""
-    rows = x[present].astype(np.float64)
-    mean = rows.mean(axis=0) if len(rows) else np.zeros(x.shape[1])
+    import torch
+
+    rows = torch.as_tensor(x[present], dtype=torch.float64)
+    mean = rows.mean(dim=0) if len(rows) else torch.zeros(x.shape[1], dtype=torch.float64)
     centred = rows - mean
-    _, vectors = np.linalg.eigh(centred.T @ centred)
-    top = vectors[:, ::-1][:, :rank]
-    return mean.astype(np.float32), np.ascontiguousarray(top, dtype=np.float32)
+    # torch's eigh honours torch's thread setting (numpy's BLAS may oversubscribe a small CPU).
+    _, vectors = torch.linalg.eigh(centred.T @ centred)
+    top = vectors.flip(-1)[:, :rank]
+    return mean.float().numpy(), np.ascontiguousarray(top.float().numpy())
 
 
 def _device_data(rows: TrainingRows, config: FusionTrainConfig, device: str) -> _DeviceData:
@@ -664,7 +668,7 @@ def _adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.o
 def _masked_mse(
     predicted: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-(fold, combination) MSE over rows with a known valence: ``(K,B,C)``, ``(K,B)`` -> (K,C)."""
+    """Per-(fold, combination) MSE over rows with known valence: (K,B,C), (K,B) -> (K,C)."""
     import torch
 
     known = ~torch.isnan(truth)
@@ -739,7 +743,6 @@ def cross_validate(
     rows: TrainingRows, config: FusionTrainConfig, progress: Progress | None = None
 ) -> SearchResult:
     """Run the random search with k-fold CV on ``rows`` and keep the best combination."""
-    import torch
 
     started = time.perf_counter()
     say = progress or (lambda _message: None)

@@ -51,6 +51,8 @@ class LoraRunConfig(BaseModel):
     zero_shot: bool = True
     word_forms: Path | None = None
     encoder: str = "bundled:minilm"
+    grouper: Literal["embedding", "llm"] = "embedding"
+    profile: str | None = None
     grouper_tau: float | None = None
     manifest: Path | None = None
     num_frames: int = Field(default=4, ge=1)
@@ -69,6 +71,15 @@ class LoraRunConfig(BaseModel):
     def max_prompt_tokens(self) -> int:
         # The answer's room comes off the sequence budget, in training and at evaluation alike.
         return self.max_length - self.max_new_tokens
+
+
+def grouper_factory(config: LoraRunConfig) -> Callable[[], Any]:
+    """Fresh groupers for scoring: offline ``embedding`` or the configured ``llm``."""
+    from meragent.finetune.ov_eval import embedding_grouper_factory, llm_grouper_factory
+
+    if config.grouper == "llm":
+        return llm_grouper_factory(config.profile)
+    return embedding_grouper_factory(config.encoder, config.word_forms, config.grouper_tau)
 
 
 def make_run_config(**fields: Any) -> LoraRunConfig:
@@ -160,17 +171,13 @@ class _Experiment:
     """State shared by the folds of one run: data, split, base model, scorer, reporter."""
 
     def __init__(self, config: LoraRunConfig, report: Reporter) -> None:
-        from meragent.finetune.ov_eval import embedding_grouper_factory
-
         self.config = config
         self.report = report
         self.dataset = limit_dataset(
             load_ov_samples(config.data_dir, config.language), config.limit, config.seed
         )
         self.split = kfold_split(self.dataset.names, config.folds, config.seed)
-        self.grouper_factory = embedding_grouper_factory(
-            config.encoder, config.word_forms, config.grouper_tau
-        )
+        self.grouper_factory = grouper_factory(config)
         self.lexicon = None
         if config.word_forms is not None:
             from meragent.finetune.ov_lexicon import LexiconExtractor
@@ -245,7 +252,8 @@ def write_results(
         "n_samples": len(dataset.names),
         "n_examples": len(dataset.samples),
         "skipped": {k: len(v) for k, v in dataset.skipped.items()},
-        "grouper": "embedding" + (f" (tau={config.grouper_tau})" if config.grouper_tau else ""),
+        "grouper": config.grouper
+        + (f" (tau={config.grouper_tau})" if config.grouper_tau is not None else ""),
         "folds": folds,
         "summary": {
             language: {
@@ -281,7 +289,7 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
         f"fold {fold}: {len(train)} training examples "
         f"({sum(e.truncated for e in examples)} shortened), {len(test)} held-out"
     )
-    gen = {
+    gen: dict[str, Any] = {
         "max_prompt_tokens": config.max_prompt_tokens,
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.eval_batch_size,

@@ -71,7 +71,9 @@ def load_video_lm(
     device = resolve_device(device)
     try:
         processor = AutoProcessor.from_pretrained(model)
-        lm = AutoModelForImageTextToText.from_pretrained(model, dtype=resolve_dtype(dtype, device))
+        lm: Any = AutoModelForImageTextToText.from_pretrained(
+            model, dtype=resolve_dtype(dtype, device)
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError("video labeler", model, str(exc).strip().splitlines()[0]) from exc
     lm = lm.to(device)
@@ -245,9 +247,8 @@ def _encode_all(
 
 def run_video_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> dict[str, Any]:
     """The video counterpart of ``run_lora_cv``: same split, scoring, artifacts and results."""
-    from meragent.finetune.lora_run import limit_dataset
+    from meragent.finetune.lora_run import grouper_factory, limit_dataset
     from meragent.finetune.ov_data import kfold_split
-    from meragent.finetune.ov_eval import embedding_grouper_factory
 
     say: Reporter = report or (lambda message: None)
     started = time.perf_counter()
@@ -259,9 +260,7 @@ def run_video_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> 
         samples=[s for s in dataset.samples if s.name in encoded], skipped=dataset.skipped
     )
     split = kfold_split(dataset.names, config.folds, config.seed)
-    grouper_factory = embedding_grouper_factory(
-        config.encoder, config.word_forms, config.grouper_tau
-    )
+    make_grouper = grouper_factory(config)
     lexicon = None
     if config.word_forms is not None:
         from meragent.finetune.ov_lexicon import LexiconExtractor
@@ -270,7 +269,7 @@ def run_video_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> 
     fold_ids = [config.fold] if config.fold is not None else list(range(config.folds))
     say(f"{len(dataset.samples)} clips ({dataset.n_skipped()} skipped); folds {fold_ids}")
     folds = [
-        _run_video_fold(config, say, base, dataset, encoded, split[k], k, grouper_factory, lexicon)
+        _run_video_fold(config, say, base, dataset, encoded, split[k], k, make_grouper, lexicon)
         for k in fold_ids
     ]
     return write_results(

@@ -111,6 +111,27 @@ def embedding_grouper_factory(
     return build
 
 
+def llm_grouper_factory(profile: str | None = None) -> GrouperFactory:
+    """A factory of ``llm`` groupers on the configured reasoning LLM (answers cached on disk).
+
+    The chat model is built once; every grouper shares it and its on-disk cache of groupings.
+    """
+    shared: list[Any] = []
+
+    def build() -> Any:
+        from meragent.agents.chat import make_chat_model
+        from meragent.config import load_settings
+        from meragent.eval.grouping import get_grouper
+
+        settings = load_settings(profile=profile)
+        if not shared:
+            role = settings.role("reasoning_llm")
+            shared.append(make_chat_model(role, settings, role_name="reasoning_llm"))
+        return get_grouper("llm", chat_model=shared[0], cache_dir=settings.cache_dir / "llm_groups")
+
+    return build
+
+
 def score_system(
     samples: Sequence[OVSample],
     predictions: Sequence[SystemPrediction],

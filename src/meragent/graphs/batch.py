@@ -81,6 +81,21 @@ def run_lock(run_dir: Path, name: str) -> Iterator[None]:
         handle.close()  # closing the descriptor releases the lock
 
 
+def batch_alive(run_dir: Path) -> bool:
+    """Whether the process named in the run's lock file is still alive (for ``trace list``)."""
+    try:
+        pid = int((run_dir / LOCK_FILE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def clear_run(run_dir: Path) -> None:
     """Remove a run's store, checkpoints and outputs (the lock file stays: we hold it)."""
     for name in (*OUTPUT_FILES, "trace.html"):
@@ -217,8 +232,12 @@ def _progress(enabled: bool, total: int) -> Any:
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
+        """Clips per second since the start (rich's own speed needs many updates)."""
+
         def render(self, task: Any) -> Text:
-            return Text(f"{task.speed or 0.0:.2f} clips/s")
+            elapsed = task.elapsed or 0.0
+            rate = task.completed / elapsed if elapsed > 0 else 0.0
+            return Text(f"{rate:.2f} clips/s")
 
     return Progress(
         TextColumn("[bold]{task.description}"),

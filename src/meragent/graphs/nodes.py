@@ -18,6 +18,7 @@ from typing import Any
 
 from meragent.agents.chat import ChatCallError, RoleChat
 from meragent.agents.label_agent import extract_labels
+from meragent.agents.prompts import spoken_text
 from meragent.agents.reasoning import fallback_description, reason
 from meragent.data.media_types import DecodedMedia
 from meragent.errors import DataError, MediaError
@@ -222,7 +223,9 @@ class PipelineNodes:
                 flags.append(f"{modality.value}:unavailable")
             update["flags"] = flags
             if modality is Modality.LEXICAL:
-                update["transcript"] = clue.text if clue.available else (clip.subtitle or "")
+                update["transcript"] = (
+                    spoken_text(clue) if clue.available else (clip.subtitle or "")
+                )
             return update
 
         return run

@@ -29,6 +29,8 @@ from meragent.schema import Clip
 
 SINGLE_RUN = "single"
 DEMO_RUN = "demo"
+#: Token budgets of the demo's local LLMs, so two clips take about a minute on 2 CPU cores.
+DEMO_MAX_NEW_TOKENS: dict[str, int] = {"reasoning_llm": 64, "labeler_llm": 24}
 
 
 def split_target(target: str) -> tuple[Path, str | None]:
@@ -149,6 +151,20 @@ def demo_manifest(settings: Settings, n_clips: int) -> Path:
     return make_synthetic_dataset(folder, n_clips, seed=0)
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The settings with the local chat roles' ``max_new_tokens`` capped for the demo."""
+    models = dict(settings.models)
+    for role_name, cap in DEMO_MAX_NEW_TOKENS.items():
+        role = settings.role(role_name)
+        if role.backend != "local":
+            continue
+        budget = min(int(role.options.get("max_new_tokens", cap)), cap)
+        models[role_name] = role.model_copy(
+            update={"options": {**role.options, "max_new_tokens": budget}}
+        )
+    return settings.model_copy(update={"models": models})
+
+
 def run_demo(
     settings: Settings, *, n_clips: int = 2, progress: bool = True, runtime: Runtime | None = None
 ) -> DemoResult:
@@ -159,6 +175,6 @@ def run_demo(
         raise ConfigError("--clips must be at least 1")
     manifest = demo_manifest(settings, n_clips)
     options = BatchOptions(track="all", overwrite=True, progress=progress, limit=n_clips)
-    summary = run_batch(settings, manifest, DEMO_RUN, options, runtime=runtime)
+    summary = run_batch(demo_settings(settings), manifest, DEMO_RUN, options, runtime=runtime)
     html = export_run_html(summary.run_dir, summary.run_dir / "trace.html")
     return DemoResult(summary=summary, manifest=manifest, html=html)

@@ -1,4 +1,4 @@
-"""Attention-fusion heads for the six-class tracks: architectures, a trained-model loader, inference.
+"""Attention-fusion heads for the six-class tracks: architectures, trained-model loading, inference.
 
 Two named architectures (:data:`ARCHITECTURES`), both over any number of *branches* (one per
 encoder, or several encoders concatenated, e.g. ``hubert-large+emotion2vec``):
@@ -30,7 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from meragent.errors import DataError, ModelLoadError
 from meragent.schema import EMOTIONS
@@ -92,9 +99,7 @@ class FusionArchitecture:
     #: into a preallocated buffer) because the input batch is shared by all combinations.
     manual_first_layer: ClassVar[bool] = False
 
-    def param_specs(
-        self, dims: Sequence[int], hidden: int, n_classes: int
-    ) -> dict[str, ParamSpec]:
+    def param_specs(self, dims: Sequence[int], hidden: int, n_classes: int) -> dict[str, ParamSpec]:
         raise NotImplementedError
 
     def first_layer(self, branch: int) -> tuple[str, str]:
@@ -159,7 +164,7 @@ def _kc_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
 
 
 def _kc_vector(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Per-(fold, combination) projection to a scalar: ``x (K,B,C,i)``, ``w (K,C,i)`` -> ``(K,B,C)``."""
+    """Per-(fold, combination) projection to a scalar: x (K,B,C,i), w (K,C,i) -> (K,B,C)."""
     import torch
 
     return torch.einsum("kbci,kci->kbc", x, weight) + bias[:, None]
@@ -175,9 +180,7 @@ class AttentionFusion(FusionArchitecture):
     name = "attention"
     manual_first_layer = True
 
-    def param_specs(
-        self, dims: Sequence[int], hidden: int, n_classes: int
-    ) -> dict[str, ParamSpec]:
+    def param_specs(self, dims: Sequence[int], hidden: int, n_classes: int) -> dict[str, ParamSpec]:
         specs: dict[str, ParamSpec] = {}
         for m, dim in enumerate(dims):
             specs[f"enc{m}.weight"] = ParamSpec("first", (dim, hidden), dim)
@@ -227,9 +230,7 @@ class MERToolsAttention(FusionArchitecture):
     #: Linear layers per MLP encoder (MERTools' ``MLPEncoder``).
     depth = 3
 
-    def param_specs(
-        self, dims: Sequence[int], hidden: int, n_classes: int
-    ) -> dict[str, ParamSpec]:
+    def param_specs(self, dims: Sequence[int], hidden: int, n_classes: int) -> dict[str, ParamSpec]:
         specs: dict[str, ParamSpec] = {}
         for m, dim in enumerate(dims):
             specs[f"enc{m}.l1.weight"] = ParamSpec("first", (dim, hidden), dim)
@@ -284,7 +285,9 @@ class MERToolsAttention(FusionArchitecture):
 
         for layer in range(2, self.depth + 1):
             x = torch.relu(
-                _kc_linear(x, params[f"{prefix}.l{layer}.weight"], params[f"{prefix}.l{layer}.bias"])
+                _kc_linear(
+                    x, params[f"{prefix}.l{layer}.weight"], params[f"{prefix}.l{layer}.bias"]
+                )
             )
         return x
 
@@ -408,7 +411,7 @@ def where_combos(
     old: dict[str, torch.Tensor],
     n_combos: int,
 ) -> None:
-    """``old[name] = new[name]`` for the (fold, combination) slices where ``chosen (K, C)`` holds."""
+    """``old[name] = new[name]`` for the (fold, combination) slices where ``chosen (K,C)`` holds."""
     import torch
 
     for name, spec in specs.items():
@@ -428,6 +431,16 @@ class BranchConfig(BaseModel):
     name: str
     encoders: list[str] = Field(min_length=1)
     dim: int = Field(gt=0)
+    #: Width of each encoder's part (None when unknown); sums to ``dim``.
+    encoder_dims: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _parts_add_up(self) -> BranchConfig:
+        if self.encoder_dims is not None and (
+            len(self.encoder_dims) != len(self.encoders) or sum(self.encoder_dims) != self.dim
+        ):
+            raise ValueError(f"encoder_dims {self.encoder_dims} do not add up to dim {self.dim}")
+        return self
 
 
 class CVSummary(BaseModel):
@@ -546,11 +559,20 @@ class FusionPredictor:
         present = np.zeros((1, len(self.config.branches)), dtype=bool)
         for m, branch in enumerate(self.config.branches):
             parts = []
-            for encoder in branch.encoders:
+            widths: list[int | None] = (
+                list(branch.encoder_dims) if branch.encoder_dims else [None] * len(branch.encoders)
+            )
+            for encoder, width in zip(branch.encoders, widths, strict=True):
                 value = features.get(encoder)
                 if value is None:
                     break
-                parts.append(np.asarray(value, dtype=np.float32).reshape(-1))
+                part = np.asarray(value, dtype=np.float32).reshape(-1)
+                if width is not None and part.shape[0] != width:
+                    raise DataError(
+                        f"encoder {encoder!r}: got {part.shape[0]} feature values, "
+                        f"the fusion model expects {width}"
+                    )
+                parts.append(part)
             if len(parts) == len(branch.encoders):
                 row = np.concatenate(parts) if len(parts) > 1 else parts[0]
                 if row.shape[0] != branch.dim:
@@ -603,7 +625,9 @@ class FusionPredictor:
             return BatchPrediction(empty, None, np.zeros((0, len(self.config.branches))))
         return BatchPrediction(
             probs=np.concatenate(probs).astype(np.float64),
-            valence=np.concatenate(valence).astype(np.float64) if self.config.with_valence else None,
+            valence=np.concatenate(valence).astype(np.float64)
+            if self.config.with_valence
+            else None,
             attention=np.concatenate(attention).astype(np.float64),
         )
 
@@ -624,11 +648,15 @@ def read_fusion_config(path: Path) -> FusionModelConfig:
     try:
         config = FusionModelConfig.model_validate(json.loads(config_path.read_text("utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError("fusion", str(path), f"{CONFIG_FILE} is not valid JSON: {exc}") from None
+        raise ModelLoadError(
+            "fusion", str(path), f"{CONFIG_FILE} is not valid JSON: {exc}"
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ModelLoadError("fusion", str(path), f"{CONFIG_FILE}: {where}: {first['msg']}") from None
+        raise ModelLoadError(
+            "fusion", str(path), f"{CONFIG_FILE}: {where}: {first['msg']}"
+        ) from None
     if config.format_version != FORMAT_VERSION:
         raise ModelLoadError(
             "fusion", str(path), f"format_version {config.format_version} is not {FORMAT_VERSION}"

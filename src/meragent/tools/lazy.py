@@ -2,6 +2,9 @@
 
 Tool nodes run in parallel threads, so loading is guarded by a lock; a failed load is not
 cached (the next clip retries and reports the same clear error instead of a stale one).
+First loads are serialised process-wide: ``transformers``' ``from_pretrained`` (and its lazy
+module imports) is not thread-safe, and two models loading at once in parallel tool nodes left
+parameters on the meta device ("Cannot copy out of meta tensor").
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ T = TypeVar("T")
 _SHARED: dict[Hashable, Any] = {}
 _KEY_LOCKS: dict[Hashable, threading.Lock] = {}
 _SHARED_LOCK = threading.Lock()
+#: Held while any holder loads; re-entrant so a loader may itself use another holder.
+_LOAD_LOCK = threading.RLock()
 
 
 class Lazy(Generic[T]):
@@ -32,7 +37,7 @@ class Lazy(Generic[T]):
 
     def get(self) -> T:
         if self._value is None:
-            with self._lock:
+            with _LOAD_LOCK, self._lock:
                 if self._value is None:
                     self._value = self._load()
         return self._value
