@@ -47,23 +47,45 @@ def _tool_reply(args: dict[str, Any]) -> AIMessage:
 
 
 def test_clues_are_rendered_acoustic_visual_lexical_with_missing_note() -> None:
-    text = render_clues(CLUES)
-    acoustic = text.index("1. Acoustic")
-    visual = text.index("2. Visual")
-    lexical = text.index("3. Lexical")
-    assert acoustic < visual < lexical
-    assert (
-        "- from prosody: high pitch, fast pace (tool scores: happy 0.60, neutral 0.30, sad 0.10)"
-        in text
-    )
-    assert "- not available for this clip (no face found). Do not guess" in text
-    assert '- from subtitle: "I finally passed the exam!"' in text
+    lines = render_clues(CLUES).splitlines()
+    assert lines[0].startswith("Clues about the person, in this order: voice")
+    assert lines[1:] == [
+        "Voice: high pitch, fast pace (tool scores: happy 0.60, neutral 0.30, sad 0.10)",
+        "Face and body: not available for this clip (no face found); do not guess it, rely on "
+        "the other clues.",
+        'Words: "I finally passed the exam!"',
+    ]
     assert available_modalities(CLUES) == ["acoustic", "lexical"]
+
+
+def test_several_clues_of_a_modality_name_their_source_and_words_their_language() -> None:
+    clues = [
+        Clue(modality=Modality.ACOUSTIC, source="prosody", text="flat pitch"),
+        Clue(modality=Modality.ACOUSTIC, source="qwen2-audio", text="She sounds tired."),
+        Clue(
+            modality=Modality.LEXICAL,
+            source="lexical",
+            text='subtitle, language zh: "太好了"',
+            data={"subtitle": "太好了", "language": "zh"},
+        ),
+        Clue(
+            modality=Modality.VISUAL,
+            source="fer",
+            text="facial expression: happy 0.99",
+            probs={"happy": 0.99, "sad": 0.01},
+        ),
+    ]
+    assert render_clues(clues).splitlines()[1:] == [
+        "Voice (prosody): flat pitch",
+        "Voice (qwen2-audio): She sounds tired.",
+        "Face and body: facial expression: happy 0.99",  # scores already in the text
+        'Words (zh): "太好了"',
+    ]
 
 
 def test_long_clues_are_cut() -> None:
     long = Clue(modality=Modality.LEXICAL, source="asr", text="word " * 500)
-    line = render_clues([long]).splitlines()[-1]
+    line = next(x for x in render_clues([long]).splitlines() if x.startswith("Words"))
     quoted = line.split(": ", 1)[1]
     assert len(quoted) == MAX_CLUE_CHARS + 2  # the cut text plus its quotes
     assert quoted.endswith('…"')
@@ -175,3 +197,14 @@ def test_a_down_server_is_an_error_not_a_format_fallback() -> None:
     )
     with pytest.raises(ChatCallError, match="after 2 attempt"):
         reason(chat, CLUES)
+
+
+def test_an_echoed_prompt_is_stripped_from_the_description() -> None:
+    prompt = reasoning_messages(CLUES, structured=False)[1]["content"]
+    echo = prompt.splitlines()[0]
+    model = GenericFakeChatModel(messages=iter([f"{echo}\nShe is relieved and glad."]))
+    result = reason(RoleChat("reasoning", model), CLUES)
+    assert result.description == "She is relieved and glad."
+    assert result.choice == "happy"  # "glad" is a happy synonym
+    assert result.flags == ["no_answer_line", "choice_from_text", "prompt_echo"]
+    assert result.raw.startswith(echo)

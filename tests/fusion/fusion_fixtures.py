@@ -76,7 +76,9 @@ def high_frequency_energy(frame: np.ndarray) -> float:
     return float(np.mean(np.diff(gray, axis=0) ** 2) + np.mean(np.diff(gray, axis=1) ** 2))
 
 
-def textured_frames(count: int, height: int = 48, width: int = 64, seed: int = 0) -> list[np.ndarray]:
+def textured_frames(
+    count: int, height: int = 48, width: int = 64, seed: int = 0
+) -> list[np.ndarray]:
     """Frames full of fine detail (random pixels), so blur has something to remove."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]

@@ -95,8 +95,12 @@ def test_masked_branch_values_do_not_matter() -> None:
 
 def test_mertools_weights_are_raw_not_normalised() -> None:
     arch, _, params = _params("mertools_attention", [4, 4, 4], hidden=8, folds=1, combos=1)
-    out = arch.forward(params, [torch.randn(16, 4) for _ in range(3)],
-                       torch.ones(1, 16, 1, 3, dtype=torch.bool), n_combos=1)  # fmt: skip
+    out = arch.forward(
+        params,
+        [torch.randn(16, 4) for _ in range(3)],
+        torch.ones(1, 16, 1, 3, dtype=torch.bool),
+        n_combos=1,
+    )
     sums = out.attention.sum(-1)
     assert not torch.allclose(sums, torch.ones_like(sums))
     # 3-layer MLP encoders per branch, and a 3-layer attention MLP over the concatenation.
@@ -120,15 +124,19 @@ def test_where_combos_copies_only_chosen_slices() -> None:
     before = {k: v.clone() for k, v in old.items()}
     chosen = torch.tensor([[True, False], [False, False]])
     where_combos(specs, chosen, new, old, 2)
-    torch.testing.assert_close(select_combo(specs, old, 0, 2)["enc0.weight"][0],
-                               select_combo(specs, new, 0, 2)["enc0.weight"][0])  # fmt: skip
-    torch.testing.assert_close(select_combo(specs, old, 0, 2)["enc0.weight"][1],
-                               select_combo(specs, before, 0, 2)["enc0.weight"][1])  # fmt: skip
+    torch.testing.assert_close(
+        select_combo(specs, old, 0, 2)["enc0.weight"][0],
+        select_combo(specs, new, 0, 2)["enc0.weight"][0],
+    )
+    torch.testing.assert_close(
+        select_combo(specs, old, 0, 2)["enc0.weight"][1],
+        select_combo(specs, before, 0, 2)["enc0.weight"][1],
+    )
     torch.testing.assert_close(old["att.weight"][:, 1], before["att.weight"][:, 1])
 
 
 def test_manual_first_layer_gradient_equals_autograd() -> None:
-    arch, specs, params = _params("attention", [6, 4], hidden=3, folds=2, combos=2)
+    arch, _, params = _params("attention", [6, 4], hidden=3, folds=2, combos=2)
     xs = [torch.randn(2, 5, 6), torch.randn(2, 5, 4)]
     mask = torch.ones(2, 5, 1, 2, dtype=torch.bool)
     labels = torch.randint(0, 6, (2, 5, 2))
@@ -163,9 +171,16 @@ def _save_model(tmp_path: Path, *, with_valence: bool = False, dims=(4, 3)) -> P
             BranchConfig(name="a", encoders=["a"], dim=dims[0], encoder_dims=[dims[0]]),
             BranchConfig(name="b", encoders=["b"], dim=dims[1], encoder_dims=[dims[1]]),
         ],
-        hidden=5, dropout=0.3, lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=100, folds=3,
-        seed=0, with_valence=with_valence,
-    )  # fmt: skip
+        hidden=5,
+        dropout=0.3,
+        lr=1e-3,
+        weight_decay=1e-5,
+        batch_size=32,
+        epochs=100,
+        folds=3,
+        seed=0,
+        with_valence=with_valence,
+    )
     (out / "config.json").write_text(config.model_dump_json(), encoding="utf-8")
     return out
 
@@ -186,7 +201,7 @@ def test_load_and_predict_one_clip(tmp_path: Path) -> None:
 
 def test_predict_errors_name_the_encoder(tmp_path: Path) -> None:
     predictor = load_fusion_model(_save_model(tmp_path))
-    with pytest.raises(DataError, match="encoder 'b': got 5 feature values, .* expects 3"):
+    with pytest.raises(DataError, match=r"encoder .b.: got 5 feature values, .* expects 3"):
         predictor.predict({"a": np.ones(4), "b": np.ones(5)})
     with pytest.raises(DataError, match="no features for any fusion input"):
         predictor.predict({"a": None})

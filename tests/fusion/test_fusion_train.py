@@ -97,7 +97,9 @@ def test_folds_are_disjoint_cover_all_and_stratified() -> None:
 def test_fewer_clips_than_folds_is_an_error(tmp_path: Path) -> None:
     clips = planted_clips(4)
     cache = write_planted_features(tmp_path, clips)
-    with pytest.raises(DataError, match="only 4 labelled clips with features: fewer than --folds 5"):
+    with pytest.raises(
+        DataError, match="only 4 labelled clips with features: fewer than --folds 5"
+    ):
         train_fusion(clips, cache, BRANCHES, FusionTrainConfig(folds=5, search=1, epochs=1))
 
 
@@ -120,7 +122,9 @@ def test_dimension_mismatch_names_clip_and_encoder(tmp_path: Path) -> None:
     clips = planted_clips(12)
     cache = write_planted_features(tmp_path, clips)
     cache.save("text", "clip_0005", np.zeros(9, dtype=np.float32))
-    with pytest.raises(DataError, match=r"clip 'clip_0005', encoder 'text' has 9 values, expected 8"):
+    with pytest.raises(
+        DataError, match=r"clip 'clip_0005', encoder 'text' has 9 values, expected 8"
+    ):
         build_training_rows(clips, cache, BRANCHES)
 
 
@@ -150,8 +154,13 @@ def test_concatenated_branch_and_valence_head(tmp_path: Path) -> None:
     assert result.search.best.fold_mse is not None
     model = load_fusion_model(save_fusion_model(result, tmp_path / "model"))
     assert model.encoders == ["audio", "text", "video"]
-    out = model.predict({"audio": cache.load("audio", "clip_0000"), "text": None,
-                         "video": cache.load("video", "clip_0000")})  # fmt: skip
+    out = model.predict(
+        {
+            "audio": cache.load("audio", "clip_0000"),
+            "text": None,
+            "video": cache.load("video", "clip_0000"),
+        }
+    )
     assert out.attention["audio+text"] == 0.0 and out.valence is not None
 
 
@@ -234,3 +243,14 @@ def test_prediction_skips_clips_without_features(planted, tmp_path: Path) -> Non
     assert csv_text.splitlines()[1].split(",")[1] in EMOTIONS
     table = load_feature_table(cache, [clips[0].id], BRANCHES)
     assert table.present.all()
+
+
+def test_prediction_in_chunks_matches_one_pass(planted, tmp_path: Path) -> None:
+    clips, cache = planted
+    result = train_fusion(clips, cache, BRANCHES, FusionTrainConfig(search=1, **QUICK))
+    predictor = load_fusion_model(save_fusion_model(result, tmp_path / "m"))
+    ids = [c.id for c in clips[:50]] + ["ghost"]
+    whole = predict_clips(ids, cache, predictor)
+    chunked = predict_clips(ids, cache, predictor, chunk=7)
+    assert chunked.clip_ids == whole.clip_ids and chunked.skipped == ["ghost"]
+    np.testing.assert_allclose(chunked.probs, whole.probs, rtol=1e-5, atol=1e-7)

@@ -290,18 +290,39 @@ def _steps(settings: Settings, run: str) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
+@dataclass
+class RayRun:
+    summary: BatchSummary
+    marker: Path  # exists once the encoder worker has been killed
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_local: Any, world: World, tmp_path_factory: pytest.TempPathFactory) -> RayRun:
+    """One Ray batch over the same clips, during which an encoder worker is killed.
+
+    One run serves both the equality and the fault-tolerance checks (a second run would double
+    the file's time on two cores); equal outputs despite the kill is the stronger statement.
+    """
+    from meragent.graphs.ray_executor import RayOptions, run_batch_ray
+
+    _fresh_feature_cache(world.settings)  # so the Ray encoders really run
+    marker = tmp_path_factory.mktemp("crash") / "crashed"
+    options = RayOptions(
+        runtime_factory=partial(crashing_runtime, marker=marker),
+        encoder_batch_size=8,
+        max_restarts=2,
+        max_task_retries=2,
+    )
+    batch = BatchOptions(progress=False, concurrency=2)
+    summary = run_batch_ray(world.settings, world.manifest, "ray", batch, options)
+    return RayRun(summary, marker)
+
+
 # --------------------------------------------------------------------------- tests
 
 
-def test_ray_outputs_equal_the_in_process_outputs(ray_local: Any, world: World) -> None:
-    from meragent.graphs.ray_executor import RayOptions, run_batch_ray
-
-    settings = world.settings
-    _fresh_feature_cache(settings)
-    options = RayOptions(runtime_factory=tiny_runtime, encoder_batch_size=8)
-    summary = run_batch_ray(
-        settings, world.manifest, "ray", BatchOptions(progress=False, concurrency=2), options
-    )
+def test_ray_outputs_equal_the_in_process_outputs(world: World, ray_run: RayRun) -> None:
+    settings, summary = world.settings, ray_run.summary
     assert (world.local.n_ok, world.local.n_failed) == (N_CLIPS, 0)
     assert (summary.n_clips, summary.n_ok, summary.n_failed) == (N_CLIPS, N_CLIPS, 0)
     local_dir, ray_dir = settings.runs_dir / "local", settings.runs_dir / "ray"
@@ -326,41 +347,35 @@ def test_ray_outputs_equal_the_in_process_outputs(ray_local: Any, world: World) 
         run = store.get_run("ray")
         assert run is not None and run.status == "finished" and run.n_ok == N_CLIPS
 
-    # Resume: everything is done, so nothing is sent to Ray and the outputs stay the same.
+
+def test_a_killed_encoder_worker_is_retried_and_no_clip_is_lost_or_doubled(
+    world: World, ray_run: RayRun
+) -> None:
+    assert ray_run.marker.exists(), "the encoder worker never died: the test proved nothing"
+    assert int(ray_run.marker.with_suffix(".calls").read_text()) >= 3  # the dead batch ran again
+    assert (ray_run.summary.n_ok, ray_run.summary.n_failed) == (N_CLIPS, 0)
+    ray_dir = world.settings.runs_dir / "ray"
+    names = [row["name"] for row in _csv(ray_dir / "discrete.csv")]
+    assert names == sorted(set(names)) and len(names) == N_CLIPS
+    with read_trace(ray_dir) as store, read_trace(world.settings.runs_dir / "local") as local:
+        assert store.clip_ids("ray") == local.clip_ids("local")
+        assert store.step_count("ray") == local.step_count("local")  # no step written twice
+
+
+def test_resume_of_a_finished_ray_run_sends_nothing_to_ray(world: World, ray_run: RayRun) -> None:
+    from meragent.graphs.ray_executor import RayOptions, run_batch_ray
+
+    ray_dir, local_dir = world.settings.runs_dir / "ray", world.settings.runs_dir / "local"
+    with read_trace(ray_dir) as store:
+        steps_before = store.step_count("ray")
+    options = RayOptions(runtime_factory=tiny_runtime)
     again = run_batch_ray(
-        settings, world.manifest, "ray", BatchOptions(progress=False, resume=True), options
+        world.settings, world.manifest, "ray", BatchOptions(progress=False, resume=True), options
     )
     assert (again.n_skipped, again.n_ok, again.n_failed) == (N_CLIPS, 0, 0)
     assert _csv(ray_dir / "discrete.csv") == _csv(local_dir / "discrete.csv")
-
-
-def test_a_killed_encoder_worker_is_retried_and_no_clip_is_lost_or_doubled(
-    ray_local: Any, world: World, tmp_path: Path
-) -> None:
-    from meragent.graphs.ray_executor import RayOptions, run_batch_ray
-
-    settings = world.settings
-    _fresh_feature_cache(settings)
-    marker = tmp_path / "crashed"
-    options = RayOptions(
-        runtime_factory=partial(crashing_runtime, marker=marker),
-        encoder_batch_size=8,
-        max_restarts=2,
-        max_task_retries=2,
-    )
-    summary = run_batch_ray(
-        settings, world.manifest, "crash", BatchOptions(progress=False, concurrency=2), options
-    )
-    assert marker.exists(), "the encoder worker never died: the test proved nothing"
-    assert int(marker.with_suffix(".calls").read_text()) >= 3  # the dead batch ran again
-    assert (summary.n_ok, summary.n_failed) == (N_CLIPS, 0)
-    crash_dir = settings.runs_dir / "crash"
-    names = [row["name"] for row in _csv(crash_dir / "discrete.csv")]
-    assert names == sorted(set(names)) and len(names) == N_CLIPS
-    assert _csv(crash_dir / "discrete.csv") == _csv(settings.runs_dir / "local" / "discrete.csv")
-    with read_trace(crash_dir) as store, read_trace(settings.runs_dir / "local") as local:
-        assert store.clip_ids("crash") == local.clip_ids("local")
-        assert store.step_count("crash") == local.step_count("local")  # no step written twice
+    with read_trace(ray_dir) as store:
+        assert store.step_count("ray") == steps_before
 
 
 def test_missing_ray_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ def test_whole_final_state_of_a_full_run(tmp_path: Path, clip: Clip) -> None:
     assert steps["reasoning"].raw_output == REASONING_REPLY
     assert steps["reasoning"].model_id == "GenericFakeChatModel"
     assert steps["reasoning"].prompt[0]["role"] == "system"
-    assert "3. Lexical" in steps["reasoning"].prompt[1]["content"]
+    assert 'Words (en): "I passed the exam!"' in steps["reasoning"].prompt[1]["content"]
     assert steps["reasoning"].parsed_output["choice"] == "happy"
     assert steps["labeler"].raw_output == LABELER_REPLY
     assert steps["labeler"].parsed_output == {
@@ -156,10 +156,7 @@ def test_missing_video_routes_around_the_visual_tool(tmp_path: Path, clip: Clip)
     assert visual == [Clue.unavailable(Modality.VISUAL, "load_media", "no video")]
     assert "visual" not in step_nodes(store, "c1")
     prompt = store.steps("r1", "c1")[3].prompt  # load_media, acoustic, lexical, reasoning
-    assert (
-        "2. Visual (face, gestures, body, surroundings)\n- not available for this clip (no video)"
-        in (prompt[1]["content"])
-    )
+    assert "\nFace and body: not available for this clip (no video);" in prompt[1]["content"]
     assert out["fusion"]["inputs"] == ["acoustic", "llm"]
 
 

@@ -8,15 +8,29 @@ result back into an ``AIMessage`` with token usage. It imports langchain, so it 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict, Field
 
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
+# One lock per loaded model: the reasoning and labeler roles often share the same weights.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def generation_lock(lm: Any) -> threading.Lock:
+    """The lock that serialises generations on one loaded model (keyed by its torch module)."""
+    key = getattr(lm, "model", lm)  # LoadedLM is an unhashable dataclass; its module is not
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(key)
+        if lock is None:
+            lock = _MODEL_LOCKS[key] = threading.Lock()
+        return lock
 
 
 def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, str]]:
@@ -44,12 +58,10 @@ class LocalChatModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    lm: Any
+    lm: Any = Field(exclude=True, repr=False)
     model_id: str
     max_new_tokens: int = 128
     temperature: float = 0.0
-    # A torch model shared by several graph threads: generations are serialised.
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     @property
     def _llm_type(self) -> str:
@@ -69,7 +81,8 @@ class LocalChatModel(BaseChatModel):
         from meragent.tools.causal_lm import generate_chat
 
         max_new_tokens = int(kwargs.get("max_new_tokens", self.max_new_tokens))
-        with self._lock:
+        # A torch model shared by several graph threads and roles: one generation at a time.
+        with generation_lock(self.lm):
             result = generate_chat(
                 self.lm,
                 to_chat_dicts(messages),

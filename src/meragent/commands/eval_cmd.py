@@ -125,7 +125,11 @@ def ov(
     ] = None,
     groups: Annotated[
         Path | None,
-        typer.Option("--groups", help="JSON {sample: [[label, ...], ...]} for --grouping cached."),
+        typer.Option(
+            "--groups",
+            help="JSON file of per-sample synonym groups (sample -> list of label lists), for "
+            "--grouping cached.",
+        ),
     ] = None,
     parse: ParseOption = Parse.proper,
     tau: Annotated[
@@ -148,7 +152,7 @@ def ov(
     from meragent.eval.report import ov_table
 
     settings = load_settings(profile=profile)
-    chosen = grouping or Grouping(settings.role("grouper").backend)
+    chosen = grouping or _profile_grouping(settings)
     if chosen is Grouping.wheel:
         if wheel_dir is None:
             raise fail("--grouping wheel needs --wheel-dir")
@@ -252,6 +256,16 @@ def _print_wheel(gt: Path, pred: Path, wheel_dir: Path, parse: Parse, as_json: b
 
     result = score_wheel_files(gt, pred, wheel_dir, parse=parse.value)
     typer.echo(result.model_dump_json(indent=2) if as_json else wheel_table(result))
+
+
+def _profile_grouping(settings: Settings) -> Grouping:
+    backend = settings.role("grouper").backend
+    try:
+        return Grouping(backend)
+    except ValueError:
+        known = ", ".join(g.value for g in Grouping)
+        message = f"profile grouper {backend!r} is not a grouping (pass --grouping {known})"
+        raise fail(message) from None
 
 
 def _build_grouper(

@@ -209,8 +209,6 @@ def _augment_cache(augment: str | None, augment_features: Path | None) -> Featur
 
 
 def _print_training(result: FusionTrainResult, out: Path) -> None:
-    for line in result.report.lines():
-        typer.echo(line)
     ranked = sorted(result.search.combos, key=lambda c: -c.score_mean)
     typer.echo(f"{len(ranked)} combinations × {result.config.folds} folds (best first):")
     for combo in ranked[:10]:
@@ -252,11 +250,23 @@ def train(
     from meragent.finetune.fusion_train import save_fusion_model, train_fusion
 
     config = _train_config(
-        model=model, folds=folds, search=search, epochs=epochs, seed=seed, hidden=hidden, lr=lr,
-        dropout=dropout, unique=unique, patience=patience, pca_dim=pca_dim,
-        modality_dropout=modality_dropout, valence=valence, device=device, threads=threads,
+        model=model,
+        folds=folds,
+        search=search,
+        epochs=epochs,
+        seed=seed,
+        hidden=hidden,
+        lr=lr,
+        dropout=dropout,
+        unique=unique,
+        patience=patience,
+        pca_dim=pca_dim,
+        modality_dropout=modality_dropout,
+        valence=valence,
+        device=device,
+        threads=threads,
         profile=profile,
-    )  # fmt: skip
+    )
     branches = parse_branches(encoders)
     augment_cache = _augment_cache(augment, augment_features)
     clips = _load_clips(source, split, data_root)
@@ -381,11 +391,23 @@ def pseudo_label(
     from meragent.finetune.pseudo_label import PseudoLabelConfig, pseudo_label_training
 
     train_config = _train_config(
-        model=model, folds=folds, search=search, epochs=epochs, seed=seed, hidden=hidden, lr=lr,
-        dropout=dropout, unique=unique, patience=patience, pca_dim=pca_dim,
-        modality_dropout=modality_dropout, valence=valence, device=device, threads=threads,
+        model=model,
+        folds=folds,
+        search=search,
+        epochs=epochs,
+        seed=seed,
+        hidden=hidden,
+        lr=lr,
+        dropout=dropout,
+        unique=unique,
+        patience=patience,
+        pca_dim=pca_dim,
+        modality_dropout=modality_dropout,
+        valence=valence,
+        device=device,
+        threads=threads,
         profile=profile,
-    )  # fmt: skip
+    )
     config = PseudoLabelConfig(
         rounds=rounds, eta=eta, thresholds=_thresholds(threshold or []), train=train_config
     )

@@ -19,6 +19,9 @@ from meragent.schema import EMOTIONS
 from meragent.tools.feature_cache import FeatureCache
 from meragent.tools.fusion_model import FusionPredictor
 
+#: Clips whose features are read and predicted together.
+READ_CHUNK = 8192
+
 
 @dataclass
 class PredictionTable:
@@ -52,14 +55,48 @@ def encoder_widths(predictor: FusionPredictor) -> dict[str, int]:
 
 
 def predict_clips(
+    clip_ids: Sequence[str],
+    cache: FeatureCache,
+    predictor: FusionPredictor,
+    *,
+    chunk: int = READ_CHUNK,
+) -> PredictionTable:
+    """Read the clips' features from ``cache`` and predict them, ``chunk`` clips at a time
+    (a 115k-clip MER pool never sits in memory as one feature matrix)."""
+    if len(clip_ids) <= chunk:
+        return _predict_chunk(clip_ids, cache, predictor)
+    parts = [
+        _predict_chunk(clip_ids[start : start + chunk], cache, predictor)
+        for start in range(0, len(clip_ids), chunk)
+    ]
+    return _concatenate(parts)
+
+
+def _concatenate(parts: Sequence[PredictionTable]) -> PredictionTable:
+    first = parts[0]
+    valences = [p.valence for p in parts if p.valence is not None]
+    return PredictionTable(
+        clip_ids=[c for p in parts for c in p.clip_ids],
+        probs=np.concatenate([p.probs for p in parts]),
+        valence=np.concatenate(valences) if len(valences) == len(parts) else None,
+        attention=np.concatenate([p.attention for p in parts]),
+        branch_names=first.branch_names,
+        skipped=[c for p in parts for c in p.skipped],
+        missing={
+            name: [c for p in parts for c in p.missing.get(name, [])] for name in first.branch_names
+        },
+    )
+
+
+def _predict_chunk(
     clip_ids: Sequence[str], cache: FeatureCache, predictor: FusionPredictor
 ) -> PredictionTable:
-    """Read the clips' features from ``cache`` and predict them in batches."""
     branches = [tuple(b.encoders) for b in predictor.config.branches]
     names = predictor.branch_names
     if not clip_ids:
         empty = np.zeros((0, len(EMOTIONS)))
-        return PredictionTable([], empty, None, np.zeros((0, len(names))), names)
+        valence = np.zeros(0) if predictor.config.with_valence else None
+        return PredictionTable([], empty, valence, np.zeros((0, len(names))), names)
     table = load_feature_table(
         cache,
         list(clip_ids),

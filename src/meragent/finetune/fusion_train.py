@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -286,6 +287,8 @@ def torch_runtime(threads: int | None) -> Iterator[None]:
     """Deterministic algorithms and (optionally) a thread count, restored afterwards."""
     import torch
 
+    # cuBLAS is only deterministic with a fixed workspace; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -857,6 +860,9 @@ def train_fusion(
     rows, report = build_training_rows(
         clips, cache, branches, augment_cache=augment_cache, pseudo=pseudo
     )
+    if progress is not None:
+        for line in report.lines():
+            progress(line)
     search = cross_validate(rows, config, progress)
     return FusionTrainResult(
         config=config,

@@ -35,6 +35,12 @@ TOOL_NODES: dict[str, Modality] = {
     "visual": Modality.VISUAL,
     "lexical": Modality.LEXICAL,
 }
+#: Why a tool node is skipped, per modality (shown to the reasoning model).
+MISSING_REASONS: dict[Modality, str] = {
+    Modality.ACOUSTIC: "no audio",
+    Modality.VISUAL: "no video",
+    Modality.LEXICAL: "no subtitle and no audio",
+}
 #: Describer nodes (audio / video LLMs) and the toolset attribute that holds each.
 DESCRIBER_NODES: dict[str, str] = {"audio_llm": "audio_describer", "video_llm": "video_describer"}
 
@@ -171,12 +177,7 @@ class PipelineNodes:
         skipped = [m for m in TOOL_NODES.values() if not modality_available(info, clip, m)]
         if len(skipped) == len(TOOL_NODES):
             raise DataError(f"clip {clip.id}: no usable audio, video or subtitle")
-        clues = [
-            Clue.unavailable(
-                m, "load_media", f"no {'audio' if m is Modality.ACOUSTIC else 'video'}"
-            )
-            for m in skipped
-        ]
+        clues = [Clue.unavailable(m, "load_media", MISSING_REASONS[m]) for m in skipped]
         record.parsed_output = {**info, "skipped": [m.value for m in skipped]}
         flags = [f"media:{flag}" for flag in info.get("flags", [])]
         return {"media": info, "clues": clues, "flags": flags}

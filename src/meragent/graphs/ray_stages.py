@@ -395,7 +395,7 @@ class EncoderStage:
             for entry in pending:
                 errors[entry.index] = error_json(exc)
             return vectors, errors
-        encode = partial(_encode_with, modality, model)
+        encode = partial(encode_batch, modality, model)
         for entry, (vector, error) in zip(
             pending, encode_isolating(encode, [e.item for e in pending]), strict=True
         ):
@@ -421,7 +421,12 @@ def _encoder_input(modality: str, batch: dict[str, np.ndarray], index: int, clip
     return bytes_array(batch[CROPS][index])  # visual: None when no frames or detection failed
 
 
-def _encode_with(modality: str, model: Any, items: list[Any]) -> list[np.ndarray]:
+def encode_batch(modality: str, model: Any, items: list[Any]) -> list[np.ndarray]:
+    """One encoder call over a batch, as the encoder stage makes it (the GPU benchmark times it).
+
+    ``items``: ``(waveform, sample_rate)`` pairs (acoustic), face-crop stacks (visual) or
+    subtitles (lexical); one float vector per item comes back.
+    """
     if modality == "acoustic":
         rates = {rate for _, rate in items}
         if len(rates) > 1:

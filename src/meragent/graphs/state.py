@@ -43,11 +43,10 @@ class FusionInfo(TypedDict, total=False):
 
 
 class ClipInput(TypedDict):
-    """What a caller passes in: the clip, the run it belongs to and the track to answer."""
+    """What a caller passes in: the clip and the run it belongs to (the track is the graph's)."""
 
     run_id: str
     clip: Clip
-    track: Track
 
 
 class ClipState(TypedDict, total=False):
@@ -55,7 +54,6 @@ class ClipState(TypedDict, total=False):
 
     run_id: str
     clip: Clip
-    track: Track
     media: MediaInfo
     # The three tool nodes (and the describers) write in the same super-step: lists concatenate.
     clues: Annotated[list[Clue], operator.add]
@@ -73,7 +71,6 @@ class ClipOutput(TypedDict, total=False):
     """What a finished run returns."""
 
     clip: Clip
-    track: Track
     media: MediaInfo
     clues: list[Clue]
     transcript: str
