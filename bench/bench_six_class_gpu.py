@@ -508,10 +508,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **facts,
         "tiny": args.tiny,
         "models": {
-            "acoustic": "HubertModel, chinese-hubert-large config, random weights, last 4 layers",
-            "visual": "CLIPModel, clip-vit-large-patch14 config, random weights, image tower",
-            "text": f"BertModel, BERT-large shape (1024-d, 24 layers, vocab {TEXT_VOCAB}), random",
-            "fusion": "attention fusion, 3 branches, hidden 256, 5 folds, random weights",
+            **model_descriptions(args.tiny),
             "parameters": path.params,
         },
         "inputs": {
@@ -528,6 +525,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"device: {facts['device_name']}; wrote {args.out}")
     return report
+
+
+def model_descriptions(tiny: bool) -> dict[str, str]:
+    described = {
+        "acoustic": "HubertModel, chinese-hubert-large config, random weights, last 4 layers",
+        "visual": "CLIPModel, clip-vit-large-patch14 config, random weights, image tower",
+        "text": f"BertModel, BERT-large shape (1024-d, 24 layers, vocab {TEXT_VOCAB}), random",
+        "fusion": "attention fusion, 3 branches, hidden 256, 5 folds, random weights",
+    }
+    if tiny:
+        return {name: f"toy-size stand-in for: {text}" for name, text in described.items()}
+    return described
 
 
 def format_row(row: dict[str, Any]) -> str:

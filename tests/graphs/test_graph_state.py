@@ -251,3 +251,31 @@ def test_trained_fusion_answers_six_class_tracks_without_an_llm(tmp_path: Path, 
     assert next(s for s in store.steps("r1", "c1") if s.node == "fusion").model_id == (
         "fusion:fusion"
     )
+
+
+def test_describers_run_after_the_tools_and_feed_the_reasoning(tmp_path: Path, clip: Clip) -> None:
+    class Describer:
+        name = "audio-llm"
+        thread_safe = True
+
+        def __init__(self) -> None:
+            self.subtitles: list[str] = []
+
+        def describe(self, clip: Clip, media: Any, subtitle: str) -> Clue:
+            self.subtitles.append(subtitle)
+            return Clue(modality=Modality.ACOUSTIC, source=self.name, text="She sounds elated.")
+
+    describer = Describer()
+    tools = fixed_tools()
+    tools.audio_describer = describer
+    store = TraceStore(tmp_path / "trace.sqlite")
+    graph = build_graph(tools, fakes(), decoder=decoder(), trace=store)
+    out = run(graph, clip)
+    assert describer.subtitles == ["I passed the exam!"]  # the lexical node's transcript
+    nodes = step_nodes(store, "c1")
+    assert nodes.index("audio_llm") > max(nodes.index(n) for n in ("acoustic", "lexical"))
+    assert "video_llm" not in nodes
+    prompt = next(s for s in store.steps("r1", "c1") if s.node == "reasoning").prompt
+    assert "Voice (audio-llm): She sounds elated." in prompt[1]["content"]
+    assert "Voice (prosody): raised pitch" in prompt[1]["content"]
+    assert len(out["clues"]) == 4

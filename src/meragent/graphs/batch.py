@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -408,15 +408,33 @@ def _run_clips(
         clock = time.perf_counter()
         try:
             output = invoke_clip(graph, run_id, clip, checkpointed=checkpointer is not None)
+            record_success(store, run_id, seq, clip, output, time.perf_counter() - clock)
         except Exception as exc:  # per-clip isolation: record and move on
             return record_failure(store, run_id, seq, clip, exc, time.perf_counter() - clock)
         finally:
             media.drop(clip.id)
-        record_success(store, run_id, seq, clip, output, time.perf_counter() - clock)
         if checkpointer is not None:
             checkpointer.delete_thread(thread_id(run_id, clip.id))  # keep the checkpoint DB small
         return None
 
+    try:
+        _drain(process, store, run_dir, run_id, todo, options, summary, row_errors)
+    finally:
+        if checkpointer is not None:
+            checkpointer.conn.close()
+
+
+def _drain(
+    process: Callable[[int, Clip], ClipFailure | None],
+    store: TraceStore,
+    run_dir: Path,
+    run_id: str,
+    todo: list[tuple[int, Clip]],
+    options: BatchOptions,
+    summary: BatchSummary,
+    row_errors: list[tuple[str, str, str]],
+) -> None:
+    """Feed clips to a thread pool, count outcomes, refresh outputs now and then."""
     last_export = time.monotonic()
     with _progress(options.progress, len(todo)) as progress:
         task = progress.add_task(run_id, total=len(todo), failed=0)
@@ -450,5 +468,3 @@ def _run_clips(
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    if checkpointer is not None:
-        checkpointer.conn.close()

@@ -15,8 +15,9 @@ are deduplicated by clip id, and the store's primary key would replace a second 
 
 Failures stay per clip: every stage records a clip's error in its row instead of raising; a worker
 that dies is restarted and its batch retried by Ray (``max_restarts`` / ``max_task_retries``); a
-block that still fails is dropped by Ray Data (``max_errored_blocks=-1``) and its clips are
-recorded as failed (stage ``worker``), to be retried by ``--resume``.
+block that still fails is dropped by Ray Data (``max_errored_blocks=-1``), its clips are run again
+one per batch, and a clip that still kills its worker is recorded as failed (stage ``worker``),
+to be retried by ``--resume``.
 
 What differs from the in-process executor: there is no LangGraph checkpointer (a clip cut off
 mid-graph restarts from its first node), and the feature cache is written by the graph workers,
@@ -33,12 +34,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from meragent.config import Settings
-from meragent.errors import ConfigError
+from meragent.errors import ConfigError, MeragentError
 from meragent.graphs.batch import (
     BatchOptions,
     BatchSummary,
@@ -58,6 +59,7 @@ from meragent.graphs.ray_stages import (
     StageContext,
     add_usage,
     decode_batch,
+    without_chat_roles,
     worker_environment,
 )
 from meragent.graphs.state import TRACKS
@@ -66,7 +68,7 @@ from meragent.schema import Clip, ClipFailure, TraceStep
 
 INSTALL_HINT = "pip install 'meragent[ray]'"
 LOST_STAGE = "worker"
-LOST_REASON = "no result came back from the Ray workers (its batch failed after every retry)"
+LOST_REASON = "its Ray worker died on every retry, also with the clip alone in its batch"
 
 
 @dataclass
@@ -183,14 +185,21 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
 @contextmanager
 def data_context(ray: Any, progress: bool) -> Iterator[None]:
     """Ray Data settings for the run: drop (and report) failed blocks instead of aborting."""
+    import logging
+
     context = ray.data.DataContext.get_current()
     saved = (context.max_errored_blocks, context.enable_progress_bars)
     context.max_errored_blocks = -1
     context.enable_progress_bars = progress
+    # Ray Data announces every execution at INFO level; the batch has its own progress line.
+    data_logger = logging.getLogger("ray.data")
+    level = data_logger.level
+    data_logger.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
         context.max_errored_blocks, context.enable_progress_bars = saved
+        data_logger.setLevel(level)
 
 
 def build_dataset(
@@ -199,13 +208,18 @@ def build_dataset(
     context: StageContext,
     plan: ResourcePlan,
     options: RayOptions,
+    *,
+    isolate: bool = False,
 ) -> Any:
-    """The lazy Ray Data pipeline from the clips to one result row per clip."""
+    """The lazy Ray Data pipeline from the clips to one result row per clip.
+
+    ``isolate``: one clip per batch in every stage (the retry of batches Ray gave up on).
+    """
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
-        return _stages(ray, todo, context, plan, options)
+        return _stages(ray, todo, context, plan, options, isolate)
 
 
 def _stages(
@@ -214,6 +228,7 @@ def _stages(
     context: StageContext,
     plan: ResourcePlan,
     options: RayOptions,
+    isolate: bool,
 ) -> Any:
     items = [{"seq": seq, "clip": clip.model_dump_json()} for seq, clip in todo]
     batch = options.encoder_batch_size
@@ -239,7 +254,7 @@ def _stages(
     return dataset.map_batches(
         GraphStage,
         fn_constructor_kwargs={"context": context},
-        batch_size=max(1, 2 * context.concurrency),
+        batch_size=1 if isolate else max(1, 2 * context.concurrency),
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=plan.graph_workers),
         num_cpus=plan.actor_cpus,
@@ -406,48 +421,127 @@ def _run_on_ray(
     usage: dict[str, dict[str, float]],
 ) -> None:
     from meragent.graphs.batch import _progress
-    from meragent.graphs.runtime import runtime_for
 
+    context = stage_context(settings, run_id, options, ray_options)
+    # Build the runtime once here (without loading local LLM weights): a bad profile, model
+    # path or LLM endpoint fails now, as one line, instead of killing every worker that tries.
+    context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local"))
     with ray_session(ray, ray_options.address), data_context(ray, progress=False):
         plan = plan_resources(ray.cluster_resources(), ray_options)
-        context = StageContext(
-            settings=settings,
-            track=options.track,
-            run_id=run_id,
-            factory=ray_options.runtime_factory or runtime_for,
-            token=uuid.uuid4().hex,
-            concurrency=options.concurrency,
-            llm_urls=ray_options.llm_urls,
-            gpu=plan.gpus_per_worker > 0,
-        )
-        dataset = build_dataset(ray, todo, context, plan, ray_options)
-        committed: set[str] = set()
-        last_export = time.monotonic()
+        context = replace(context, gpu=plan.gpus_per_worker > 0)
         with _progress(options.progress, len(todo)) as progress:
-            task = progress.add_task(run_id, total=len(todo), failed=0)
-            for row in dataset.iter_rows():
-                clip_id = str(row[CLIP_ID])
-                if clip_id in committed:
-                    continue  # never twice, whatever Ray retried
-                failure = commit_row(store, run_id, row)
-                committed.add(clip_id)
-                if row[USAGE]:
-                    add_usage(usage, json.loads(str(row[USAGE])))
-                _count(summary, failure)
-                progress.update(task, advance=1, failed=summary.n_failed)
-                if time.monotonic() - last_export > options.export_every_s:
-                    write_outputs(store, run_dir, run_id, track=options.track,
-                                  row_errors=row_errors, with_metrics=False)  # fmt: skip
-                    last_export = time.monotonic()
-            for seq, clip in todo:
-                if clip.id not in committed:
-                    _count(summary, record_lost(store, run_id, seq, clip))
-                    progress.update(task, advance=1, failed=summary.n_failed)
+            committer = _Committer(store, run_dir, run_id, options, summary, usage, row_errors)
+            committer.watch(progress)
+            committer.consume(
+                _result_rows(ray, build_dataset(ray, todo, context, plan, ray_options))
+            )
+            lost = committer.missing(todo)
+            if lost and (ray_options.encoder_batch_size > 1 or options.concurrency > 1):
+                # Ray gave up on whole batches: run their clips again one per batch, so that only
+                # a clip that itself kills its worker is lost.
+                alone = replace(ray_options, encoder_batch_size=1)
+                dataset = build_dataset(ray, lost, context, plan, alone, isolate=True)
+                committer.consume(_result_rows(ray, dataset))
+                lost = committer.missing(todo)
+            for seq, clip in lost:
+                committer.count(record_lost(store, run_id, seq, clip))
 
 
-def _count(summary: BatchSummary, failure: ClipFailure | None) -> None:
-    if failure is None:
-        summary.n_ok += 1
-    else:
-        summary.n_failed += 1
-        summary.failures.append(failure)
+class _Committer:
+    """The driver's side of the stream: commit each row once, count it, export now and then."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        run_dir: Path,
+        run_id: str,
+        options: BatchOptions,
+        summary: BatchSummary,
+        usage: dict[str, dict[str, float]],
+        row_errors: list[tuple[str, str, str]],
+    ) -> None:
+        self.store, self.run_dir, self.run_id = store, run_dir, run_id
+        self.options, self.summary, self.usage, self.row_errors = (
+            options,
+            summary,
+            usage,
+            row_errors,
+        )
+        self.committed: set[str] = set()
+        self.last_export = time.monotonic()
+        self.progress: Any = None
+        self.task: Any = None
+
+    def watch(self, progress: Any) -> None:
+        self.progress = progress
+        todo = self.summary.n_clips - self.summary.n_skipped
+        self.task = progress.add_task(self.run_id, total=todo, failed=0)
+
+    def consume(self, rows: Iterator[dict[str, Any]]) -> None:
+        for row in rows:
+            clip_id = str(row[CLIP_ID])
+            if clip_id in self.committed:
+                continue  # never twice, whatever Ray retried
+            failure = commit_row(self.store, self.run_id, row)
+            self.committed.add(clip_id)
+            if row[USAGE]:
+                add_usage(self.usage, json.loads(str(row[USAGE])))
+            self.count(failure)
+            if time.monotonic() - self.last_export > self.options.export_every_s:
+                write_outputs(self.store, self.run_dir, self.run_id, track=self.options.track,
+                              row_errors=self.row_errors, with_metrics=False)  # fmt: skip
+                self.last_export = time.monotonic()
+
+    def missing(self, todo: list[tuple[int, Clip]]) -> list[tuple[int, Clip]]:
+        return [(seq, clip) for seq, clip in todo if clip.id not in self.committed]
+
+    def count(self, failure: ClipFailure | None) -> None:
+        if failure is None:
+            self.summary.n_ok += 1
+        else:
+            self.summary.n_failed += 1
+            self.summary.failures.append(failure)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, failed=self.summary.n_failed)
+
+
+def stage_context(
+    settings: Settings, run_id: str, options: BatchOptions, ray_options: RayOptions
+) -> StageContext:
+    """What the workers rebuild the runtime from; the first ``--llm-url`` is the default URL."""
+    from meragent.graphs.runtime import runtime_for
+
+    if ray_options.llm_urls:
+        settings = settings.model_copy(update={"llm_base_url": ray_options.llm_urls[0]})
+    return StageContext(
+        settings=settings,
+        track=options.track,
+        run_id=run_id,
+        factory=ray_options.runtime_factory or runtime_for,
+        token=uuid.uuid4().hex,
+        concurrency=options.concurrency,
+        llm_urls=ray_options.llm_urls,
+    )
+
+
+def _result_rows(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
+    """The pipeline's rows; a failure of Ray itself becomes one line that says what to do."""
+    data_errors = getattr(ray.data, "exceptions", None)
+    failures: tuple[type[BaseException], ...] = tuple(
+        cls
+        for cls in (
+            getattr(ray.exceptions, "RayError", None),
+            getattr(data_errors, "SystemException", None),
+            getattr(data_errors, "ExecutionTimeoutError", None),
+        )
+        if isinstance(cls, type) and issubclass(cls, BaseException)
+    )
+    try:
+        yield from dataset.iter_rows()
+    except failures as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise MeragentError(
+            f"the Ray pipeline stopped ({type(exc).__name__}: {first[:300]}); finished clips "
+            "are saved: fix the cause, then run again with --resume"
+        ) from exc

@@ -225,8 +225,28 @@ class StageContext:
             return self.settings.model_copy(update={"device": "cpu"})
         return self.settings
 
+    def tool_settings(self, *, gpu: bool = False) -> Settings:
+        """Settings for the stages that only decode and encode: no chat role is built there
+        (a ``local`` LLM backend would otherwise load its weights in every such worker)."""
+        return without_chat_roles(self.settings if gpu else self.cpu_settings())
+
     def runtime(self, settings: Settings) -> Runtime:
         return self.factory(settings, track=self.track)
+
+
+#: Profile roles that build chat models when a Runtime is made.
+CHAT_ROLE_NAMES: tuple[str, ...] = ("reasoning_llm", "labeler_llm")
+
+
+def without_chat_roles(settings: Settings, *, only_backend: str | None = None) -> Settings:
+    """A copy whose chat roles are switched off (all, or only those using ``only_backend``)."""
+    from meragent.config import RoleConfig
+
+    models = dict(settings.models)
+    for role in CHAT_ROLE_NAMES:
+        if only_backend is None or settings.role(role).backend == only_backend:
+            models[role] = RoleConfig(backend="none")
+    return settings.model_copy(update={"models": models})
 
 
 def staged_tools(tools: Any) -> dict[str, Any]:
@@ -310,7 +330,9 @@ def decode_clip(
 
 def decode_batch(batch: dict[str, np.ndarray], context: StageContext) -> dict[str, np.ndarray]:
     """Ray Data task: decode + face crops for a batch of clips."""
-    runtime = shared(("ray-decode", context.token), lambda: context.runtime(context.cpu_settings()))
+    runtime = shared(
+        ("ray-decode", context.token), lambda: context.runtime(context.tool_settings())
+    )
     loaded = runtime.get()
     detector, want_crops = _face_detector(loaded.tools)
     rows = [
@@ -356,8 +378,7 @@ class EncoderStage:
     """
 
     def __init__(self, context: StageContext) -> None:
-        settings = context.settings if context.gpu else context.cpu_settings()
-        self.tools = staged_tools(context.runtime(settings).tools)
+        self.tools = staged_tools(context.runtime(context.tool_settings(gpu=context.gpu)).tools)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         clips = [Clip.model_validate_json(str(text)) for text in batch[CLIP]]
