@@ -279,3 +279,18 @@ def test_describers_run_after_the_tools_and_feed_the_reasoning(tmp_path: Path, c
     assert "Voice (audio-llm): She sounds elated." in prompt[1]["content"]
     assert "Voice (prosody): raised pitch" in prompt[1]["content"]
     assert len(out["clues"]) == 4
+
+
+def test_a_lora_labeler_gets_the_prompt_it_was_tuned_on(tmp_path: Path, clip: Clip) -> None:
+    from meragent.config import RoleConfig
+    from meragent.graphs.runtime import labeler_few_shot
+
+    assert labeler_few_shot(RoleConfig(backend="local", model="m")) is True
+    assert labeler_few_shot(RoleConfig(backend="local", model="m", adapter="/lora")) is False
+    store = TraceStore(tmp_path / "trace.sqlite")
+    graph = build_graph(
+        fixed_tools(), fakes(), decoder=decoder(), trace=store, labeler_few_shot=False
+    )
+    run(graph, clip)
+    prompt = next(s for s in store.steps("r1", "c1") if s.node == "labeler").prompt
+    assert [m["role"] for m in prompt] == ["system", "user"]

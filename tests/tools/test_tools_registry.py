@@ -137,3 +137,25 @@ def test_lexical_tool_with_hf_encoder(tmp_path: Path, tiny_bert: Path) -> None:
     assert clue.feature_ref and np.load(clue.feature_ref, allow_pickle=False).shape == (32,)
     no_words = tools.lexical.analyze(Clip(id="u"), media)
     assert not no_words.available and "ASR is disabled" in (no_words.error or "")
+
+
+@pytest.mark.slow
+def test_offline_toolset_on_a_decoded_synthetic_clip(synth_dataset: Path, tmp_path: Path) -> None:
+    from meragent.data.manifest import load_manifest
+    from meragent.data.media import decode_media
+
+    clip = load_manifest(synth_dataset).clips[0]
+    assert clip.video is not None and clip.subtitle
+    media = decode_media(clip.video, clip_id=clip.id, num_frames=4)
+    tools = build_toolset(load_settings(profile="offline", home=tmp_path, device="cpu"))
+    acoustic = tools.acoustic.analyze(clip, media)
+    visual = tools.visual.analyze(clip, media)
+    lexical = tools.lexical.analyze(clip, media)
+    assert acoustic.available and "pitch" in acoustic.text
+    assert visual.available and visual.probs is not None and visual.data["faces_found"] == 4
+    assert lexical.available and lexical.data["origin"] == "given"
+    assert not tools.lexical.asr.loaded  # the subtitle was given: whisper never loaded
+    vectors = [np.load(c.feature_ref, allow_pickle=False) for c in (acoustic, visual, lexical)]
+    assert [v.shape for v in vectors] == [(11,), (7,), (384,)]
+    for clue in (acoustic, visual, lexical):
+        assert clue.model_dump_json()  # JSON-able: safe to put into graph state

@@ -342,7 +342,9 @@ class RoleChat:
                 retries += 1
                 self._sleep(self.policy.delay(retries))
 
-    def _count(self, usage: dict[str, Any] | None, retries: int, latency: float, *, failed: bool):
+    def _count(
+        self, usage: dict[str, Any] | None, retries: int, latency: float, *, failed: bool
+    ) -> None:
         if self.tally is not None:
             self.tally.add(
                 self.role,

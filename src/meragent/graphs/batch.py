@@ -51,6 +51,7 @@ def check_run_name(name: str) -> str:
 
 
 def run_dir_for(settings: Settings, name: str) -> Path:
+    """The folder of run ``name``: ``settings.runs_dir/name``."""
     return settings.runs_dir / check_run_name(name)
 
 
@@ -109,6 +110,7 @@ def clear_run(run_dir: Path) -> None:
 
 
 def thread_id(run_id: str, clip_id: str) -> str:
+    """The checkpointer thread of one clip in one run."""
     return f"{run_id}/{clip_id}"
 
 
@@ -144,6 +146,7 @@ def failure_stage(exc: BaseException) -> str:
 def record_success(
     store: TraceStore, run_id: str, seq: int, clip: Clip, output: dict[str, Any], latency: float
 ) -> None:
+    """Commit a finished clip (its ``ok`` row is what resume trusts)."""
     prediction = output.get("prediction")
     store.record_result(
         run_id,
@@ -161,6 +164,7 @@ def record_success(
 def record_failure(
     store: TraceStore, run_id: str, seq: int, clip: Clip, exc: BaseException, latency: float
 ) -> ClipFailure:
+    """Record a clip that raised, with a coarse stage and a one-line reason."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     failure = ClipFailure(clip_id=clip.id, stage=failure_stage(exc), reason=reason)
     store.record_result(
@@ -402,6 +406,7 @@ def _run_clips(
         llm_weight=rt.llm_weight,
         grouper=rt.grouper,
         features_dir=rt.features_dir,
+        labeler_few_shot=rt.labeler_few_shot,
     )
 
     def process(seq: int, clip: Clip) -> ClipFailure | None:

@@ -113,6 +113,7 @@ def build_graph(
     grouper: Any = None,
     structured: bool | None = None,
     features_dir: Path | None = None,
+    labeler_few_shot: bool = True,
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the clip graph.
 
@@ -122,6 +123,7 @@ def build_graph(
     ``decoder`` turns a Clip into DecodedMedia (default: ``data.media.decode_media``).
     ``fusion_model``: a trained attention-fusion predictor (else late fusion); it reads the
     clues' cached features, or ``features_dir/<encoder>/<clip>.npy``.
+    ``labeler_few_shot``: show the labeler its examples (off for a LoRA tuned without them).
     """
     from langgraph.graph import END, START, StateGraph
 
@@ -139,6 +141,7 @@ def build_graph(
         features_dir=features_dir,
         trace=trace,
         structured=structured,
+        few_shot=labeler_few_shot,
     )
     nodes = PipelineNodes(deps)
     route = _Router(deps, track)

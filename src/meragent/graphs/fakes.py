@@ -91,6 +91,7 @@ class FakeToolSet:
 
 
 def fake_toolset(delay_s: float = 0.0) -> FakeToolSet:
+    """Three fake modality tools (no describers)."""
     return FakeToolSet(
         acoustic=FakeTool(Modality.ACOUSTIC, delay_s=delay_s),
         visual=FakeTool(Modality.VISUAL, delay_s=delay_s),
@@ -159,6 +160,7 @@ class ScriptedChatModel(BaseChatModel):
 
 
 def fake_chat_models(delay_s: float = 0.0) -> dict[str, ScriptedChatModel]:
+    """Scripted reasoning and labeler models."""
     return {
         "reasoning": ScriptedChatModel(model_id="scripted-reasoning", delay_s=delay_s),
         "labeler": ScriptedChatModel(model_id="scripted-labeler", delay_s=delay_s),

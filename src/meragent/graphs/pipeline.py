@@ -112,6 +112,7 @@ def run_one(
             llm_weight=rt.llm_weight,
             grouper=rt.grouper,
             features_dir=rt.features_dir,
+            labeler_few_shot=rt.labeler_few_shot,
         )
         seq = len(store.clip_ids(run_name))
         clock = time.perf_counter()

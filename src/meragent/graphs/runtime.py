@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from meragent.agents.chat import RoleChat, UsageTally, make_chat_model, policy_for
-from meragent.config import Settings
+from meragent.config import RoleConfig, Settings
 from meragent.graphs.media_cache import MediaDecoder, default_decoder
 
 #: Set to 1 to run the pipeline on fakes (subprocess tests, benchmark): no weights, no decoding.
@@ -38,6 +38,7 @@ class Runtime:
     llm_weight: float = 1.0
     grouper: Any = None
     features_dir: Path | None = None
+    labeler_few_shot: bool = True
     secrets: list[str] = field(default_factory=list)
     fake: bool = False
 
@@ -62,6 +63,11 @@ def needed_chat_roles(track: str, trained_fusion: bool) -> list[str]:
     if track in ("ov", "all"):
         roles.append("labeler")
     return roles
+
+
+def labeler_few_shot(role: RoleConfig) -> bool:
+    """Few-shot examples for a plain model; none for a LoRA adapter (tuned without them)."""
+    return bool(role.options.get("few_shot", role.adapter is None))
 
 
 def _load_fusion(settings: Settings) -> Any:
@@ -103,6 +109,7 @@ def build_runtime(settings: Settings, *, track: str) -> Runtime:
         fusion_weights={str(k): float(v) for k, v in fusion_options.get("weights", {}).items()},
         llm_weight=float(fusion_options.get("llm_weight", 1.0)),
         features_dir=settings.features_dir,
+        labeler_few_shot=labeler_few_shot(settings.role("labeler_llm")),
         secrets=secrets,
     )
 

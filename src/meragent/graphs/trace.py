@@ -302,12 +302,10 @@ class TraceStore:
         ]
 
     def step_count(self, run_id: str) -> int:
+        """How many node executions the run recorded."""
+        query = "SELECT COUNT(*) FROM step WHERE run_id=?"
         with self._lock:
-            return int(
-                self._conn.execute(
-                    "SELECT COUNT(*) FROM step WHERE run_id=?", (run_id,)
-                ).fetchone()[0]
-            )
+            return int(self._conn.execute(query, (run_id,)).fetchone()[0])
 
     # ------------------------------------------------------------------ clip results
 
