@@ -614,24 +614,49 @@ class StagedInputs:
 
 @dataclass
 class StagedTool:
-    """A toolset tool that, per clip, uses what the earlier stages computed for that clip."""
+    """A toolset tool that, per clip, uses what the earlier stages computed for that clip.
+
+    It serialises calls itself when the inner tool is not thread-safe (and says it is safe), so
+    that the graphs of one actor, one per LLM server, share one lock per tool.
+    """
 
     modality: str
     inner: Any
     staged: StagedInputs
+    thread_safe: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
         return str(getattr(self.inner, "name", type(self.inner).__name__))
 
-    @property
-    def thread_safe(self) -> bool:
-        return bool(getattr(self.inner, "thread_safe", False))
-
     def analyze(self, clip: Clip, media: DecodedMedia) -> Any:
         staging = self.staged.get(clip.id)
         tool = self.inner if staging is None else staging.bind(self.modality, self.inner)
-        return tool.analyze(clip, media)
+        if getattr(self.inner, "thread_safe", False):
+            return tool.analyze(clip, media)
+        with self._lock:
+            return tool.analyze(clip, media)
+
+
+@dataclass
+class SerialisedDescriber:
+    """An audio/video describer shared by an actor's graphs, one call at a time unless it is
+    thread-safe (the graphs' own per-tool locks are per graph)."""
+
+    inner: Any
+    thread_safe: bool = True
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.inner, "name", type(self.inner).__name__))
+
+    def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Any:
+        if getattr(self.inner, "thread_safe", False):
+            return self.inner.describe(clip, media, subtitle)
+        with self._lock:
+            return self.inner.describe(clip, media, subtitle)
 
 
 @dataclass
@@ -650,12 +675,16 @@ class StagedToolSet:
             tool = getattr(tools, modality, None)
             return None if tool is None else StagedTool(modality, tool, staged)
 
+        def serialised(attribute: str) -> Any:
+            describer = getattr(tools, attribute, None)
+            return None if describer is None else SerialisedDescriber(describer)
+
         return cls(
             acoustic=wrapped("acoustic"),
             visual=wrapped("visual"),
             lexical=wrapped("lexical"),
-            audio_describer=getattr(tools, "audio_describer", None),
-            video_describer=getattr(tools, "video_describer", None),
+            audio_describer=serialised("audio_describer"),
+            video_describer=serialised("video_describer"),
         )
 
 
@@ -748,9 +777,11 @@ class GraphStage:
         self.staged = StagedInputs()
         self.steps = StepCollector()
         self.media = MediaCache(self.staged.decode, max_items=4 * context.concurrency + 4)
+        # One toolset for every graph: the tools (and their locks) are per actor, not per server.
+        tools = StagedToolSet.wrap(self.runtimes[0].tools, self.staged)
         self.graphs = [
             build_graph(
-                StagedToolSet.wrap(runtime.tools, self.staged),
+                tools,
                 runtime.chat_models,
                 track=context.track,
                 trace=cast(Any, self.steps),  # duck-typed: only add_step is called
@@ -759,6 +790,8 @@ class GraphStage:
                 fusion_weights=runtime.fusion_weights,
                 llm_weight=runtime.llm_weight,
                 grouper=runtime.grouper,
+                features_dir=runtime.features_dir,
+                labeler_few_shot=runtime.labeler_few_shot,
             )
             for runtime in self.runtimes
         ]
