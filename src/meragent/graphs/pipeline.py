@@ -98,8 +98,14 @@ def run_one(
     run_dir = run_dir_for(settings, run_name)
     rt = runtime or runtime_for(settings, track=track)
     with open_trace(run_dir, secrets=rt.secrets) as store:
+        known = store.clip_ids(run_name)
+        seq = known.index(clip.id) if clip.id in known else len(known)
         store.start_run(
-            run_name, track=track, profile=settings.profile, config=settings.masked_dump()
+            run_name,
+            track=track,
+            profile=settings.profile,
+            config=settings.masked_dump(),
+            n_clips=len(known) + (clip.id not in known),
         )
         graph = build_graph(
             rt.tools,
@@ -114,7 +120,6 @@ def run_one(
             features_dir=rt.features_dir,
             labeler_few_shot=rt.labeler_few_shot,
         )
-        seq = len(store.clip_ids(run_name))
         clock = time.perf_counter()
         try:
             output = dict(graph.invoke({"run_id": run_name, "clip": clip}))

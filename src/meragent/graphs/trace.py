@@ -209,7 +209,8 @@ class TraceStore:
                 "INSERT INTO run (run_id, created_at, updated_at, status, track, profile, source,"
                 " config_json, n_clips) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)"
                 " ON CONFLICT(run_id) DO UPDATE SET updated_at=excluded.updated_at,"
-                " status='running', profile=excluded.profile, source=excluded.source,"
+                " status='running', track=excluded.track, profile=excluded.profile,"
+                " source=excluded.source,"
                 " config_json=excluded.config_json, n_clips=excluded.n_clips",
                 (run_id, now, now, track, profile, source, self._json(config), n_clips),
             )
