@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from graph_helpers import write_manifest
+from typer.testing import CliRunner
 
 from meragent.config import Settings, load_settings
 from meragent.errors import ConfigError, DataError, MediaError, ModelLoadError
 from meragent.graphs.batch import BatchOptions, BatchSummary, run_batch
-from meragent.graphs.runtime import Runtime
+from meragent.graphs.runtime import FAKE_RUNTIME_ENV, Runtime
 from meragent.graphs.trace import read_trace
 
 N_CLIPS = 20
@@ -204,7 +206,11 @@ def ray_local() -> Iterator[Any]:
         num_cpus=2,
         include_dashboard=False,
         logging_level="WARNING",
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
+        # Workers build the fake runtime when a test relies on runtime_for (the CLI test); the
+        # tests that pass their own runtime factory are not affected.
+        runtime_env={
+            "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", FAKE_RUNTIME_ENV: "1"}
+        },
     )
     yield ray
     ray.shutdown()
@@ -411,3 +417,47 @@ def test_errors_cross_stages_with_their_class_message_and_base() -> None:
         assert str(rebuilt) == str(original)
         assert isinstance(rebuilt, expected_base)
         assert failure_stage(rebuilt) == stage
+
+
+def test_batch_cli_runs_on_ray_with_the_same_answers_as_local(
+    ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meragent.cli import app
+
+    monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(FAKE_RUNTIME_ENV, "1")
+    manifest = write_manifest(tmp_path / "data", 6, bad_rows=1)
+    runner = CliRunner()
+    on_ray = runner.invoke(
+        app, ["batch", str(manifest), "--run", "r", "--executor", "ray", "--concurrency", "2"]
+    )
+    assert on_ray.exit_code == 0, on_ray.output
+    assert "run r: 6 ok, 0 failed, 0 already done, 1 bad manifest rows" in on_ray.output
+    local = runner.invoke(app, ["batch", str(manifest), "--run", "l"])
+    assert local.exit_code == 0, local.output
+    runs = tmp_path / "home" / "runs"
+    for name in ("discrete.csv", "openset.csv", "errors.csv"):
+        assert _csv(runs / "r" / name) == _csv(runs / "l" / name), name
+    assert len(_csv(runs / "r" / "discrete.csv")) == 6
+
+
+def test_batch_cli_executor_options_are_checked(
+    ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meragent.cli import app
+
+    monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(FAKE_RUNTIME_ENV, "1")
+    manifest = write_manifest(tmp_path / "data", 2)
+    runner = CliRunner()
+    cases = {
+        ("--executor", "local", "--address", "auto"): "need --executor ray",
+        ("--executor", "spark"): "unknown --executor 'spark' (choose local or ray)",
+        ("--executor", "ray", "--gpus-per-worker", "1"): "--gpus-per-worker 1 but the Ray "
+        "cluster has 0 GPU(s); use --gpus-per-worker 0 to run the encoders on CPU",
+    }
+    for i, (extra, message) in enumerate(cases.items()):
+        result = runner.invoke(app, ["batch", str(manifest), "--run", f"e{i}", *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meragent.commands.errors import friendly_errors
+from meragent.commands.errors import fail, friendly_errors
 from meragent.config import load_settings
 
 if TYPE_CHECKING:
@@ -132,13 +132,54 @@ def batch_command(
     limit: Annotated[
         int | None, typer.Option(help="Only the first N clips of the source.", min=1)
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where clips run: local (threads in this process) or ray (a Ray Data pipeline "
+            "over a Ray cluster; needs meragent[ray])."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join with --executor ray ('auto' or HOST:PORT); "
+            "default: start a Ray on this machine."
+        ),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float,
+        typer.Option(
+            help="GPUs per encoder worker with --executor ray (fractions allowed); "
+            "0 runs the encoders on CPU.",
+            min=0.0,
+        ),
+    ] = 0.0,
+    llm_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="OpenAI-compatible server for the LLM roles with --executor ray (repeat it: "
+            "clips are spread over the servers, e.g. one vLLM per GPU)."
+        ),
+    ] = None,
 ) -> None:
     """Run every clip of SOURCE; write MER submission CSVs, results.parquet and errors.csv."""
     from meragent.graphs.batch import BatchOptions, run_batch
 
     settings = load_settings(profile=profile)
     options = BatchOptions(track=track, concurrency=concurrency, resume=resume, limit=limit)
-    summary = run_batch(settings, source, run, options)
+    if executor == "ray":
+        from meragent.graphs.ray_executor import RayOptions, run_batch_ray
+
+        ray_options = RayOptions(
+            address=address, gpus_per_worker=gpus_per_worker, llm_urls=tuple(llm_url or ())
+        )
+        summary = run_batch_ray(settings, source, run, options, ray_options)
+    elif executor == "local":
+        if address is not None or gpus_per_worker or llm_url:
+            raise fail("--address, --gpus-per-worker and --llm-url need --executor ray")
+        summary = run_batch(settings, source, run, options)
+    else:
+        raise fail(f"unknown --executor {executor!r} (choose local or ray)")
     _print_summary(summary)
 
 

@@ -222,7 +222,7 @@ def open_checkpointer(path: Path) -> Any:
     return saver
 
 
-def _progress(enabled: bool, total: int) -> Any:
+def progress_bar(enabled: bool, total: int) -> Any:
     """A rich progress bar with clips/s, ETA and a failure count (a no-op when disabled)."""
     from rich.progress import (
         BarColumn,
@@ -283,7 +283,7 @@ def load_clips(
     return list(loaded.clips), errors
 
 
-def _prepare_store(
+def prepare_store(
     store: TraceStore, run_id: str, options: BatchOptions, settings: Settings, source: str, n: int
 ) -> set[str]:
     """Check resume rules, register the run, return the clips already finished."""
@@ -348,7 +348,7 @@ def _run_locked(
     started = time.perf_counter()
     rt = runtime  # built lazily: nothing to load when every clip is already done
     with open_trace(run_dir, secrets=[]) as store:
-        done = _prepare_store(store, run_id, options, settings, source, len(clips))
+        done = prepare_store(store, run_id, options, settings, source, len(clips))
         todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
         summary = BatchSummary(
             run_name=run_id,
@@ -441,7 +441,7 @@ def _drain(
 ) -> None:
     """Feed clips to a thread pool, count outcomes, refresh outputs now and then."""
     last_export = time.monotonic()
-    with _progress(options.progress, len(todo)) as progress:
+    with progress_bar(options.progress, len(todo)) as progress:
         task = progress.add_task(run_id, total=len(todo), failed=0)
         with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
             pending: set[Future[ClipFailure | None]] = set()

@@ -45,6 +45,8 @@ from meragent.graphs.batch import (
     BatchSummary,
     clear_run,
     load_clips,
+    prepare_store,
+    progress_bar,
     run_dir_for,
     run_lock,
 )
@@ -372,12 +374,10 @@ def _run_locked(
     options: BatchOptions,
     ray_options: RayOptions,
 ) -> BatchSummary:
-    from meragent.graphs.batch import _prepare_store
-
     started = time.perf_counter()
     usage: dict[str, dict[str, float]] = {}
     with open_trace(run_dir, secrets=settings_secrets(settings)) as store:
-        done = _prepare_store(store, run_id, options, settings, source, len(clips))
+        done = prepare_store(store, run_id, options, settings, source, len(clips))
         todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
         summary = BatchSummary(
             run_name=run_id,
@@ -420,8 +420,6 @@ def _run_on_ray(
     row_errors: list[tuple[str, str, str]],
     usage: dict[str, dict[str, float]],
 ) -> None:
-    from meragent.graphs.batch import _progress
-
     context = stage_context(settings, run_id, options, ray_options)
     # Build the runtime once here (without loading local LLM weights): a bad profile, model
     # path or LLM endpoint fails now, as one line, instead of killing every worker that tries.
@@ -429,7 +427,7 @@ def _run_on_ray(
     with ray_session(ray, ray_options.address), data_context(ray, progress=False):
         plan = plan_resources(ray.cluster_resources(), ray_options)
         context = replace(context, gpu=plan.gpus_per_worker > 0)
-        with _progress(options.progress, len(todo)) as progress:
+        with progress_bar(options.progress, len(todo)) as progress:
             committer = _Committer(store, run_dir, run_id, options, summary, usage, row_errors)
             committer.watch(progress)
             committer.consume(
