@@ -206,6 +206,23 @@ class BatchSummary:
         done = self.n_ok + self.n_failed
         return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @classmethod
+    def starting(
+        cls, run_id: str, run_dir: Path, track: str, n_clips: int, n_todo: int, n_row_errors: int
+    ) -> BatchSummary:
+        """The summary of a run before any clip was processed (shared by every executor)."""
+        return cls(
+            run_name=run_id,
+            run_dir=run_dir,
+            track=track,
+            n_clips=n_clips,
+            n_skipped=n_clips - n_todo,
+            n_ok=0,
+            n_failed=0,
+            n_row_errors=n_row_errors,
+            elapsed_s=0.0,
+        )
+
 
 def open_checkpointer(path: Path) -> Any:
     """A ``SqliteSaver`` on its own WAL connection, able to revive our state types."""
@@ -350,16 +367,8 @@ def _run_locked(
     with open_trace(run_dir, secrets=[]) as store:
         done = prepare_store(store, run_id, options, settings, source, len(clips))
         todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
-        summary = BatchSummary(
-            run_name=run_id,
-            run_dir=run_dir,
-            track=options.track,
-            n_clips=len(clips),
-            n_skipped=len(clips) - len(todo),
-            n_ok=0,
-            n_failed=0,
-            n_row_errors=len(row_errors),
-            elapsed_s=0.0,
+        summary = BatchSummary.starting(
+            run_id, run_dir, options.track, len(clips), len(todo), len(row_errors)
         )
         status = "interrupted"
         try:

@@ -379,16 +379,8 @@ def _run_locked(
     with open_trace(run_dir, secrets=settings_secrets(settings)) as store:
         done = prepare_store(store, run_id, options, settings, source, len(clips))
         todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
-        summary = BatchSummary(
-            run_name=run_id,
-            run_dir=run_dir,
-            track=options.track,
-            n_clips=len(clips),
-            n_skipped=len(clips) - len(todo),
-            n_ok=0,
-            n_failed=0,
-            n_row_errors=len(row_errors),
-            elapsed_s=0.0,
+        summary = BatchSummary.starting(
+            run_id, run_dir, options.track, len(clips), len(todo), len(row_errors)
         )
         status = "interrupted"
         try:
