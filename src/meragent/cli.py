@@ -10,6 +10,7 @@ import typer
 
 from meragent.commands import (
     config_cmd,
+    corrupt_cmd,
     data_cmd,
     eval_cmd,
     features_cmd,
@@ -27,6 +28,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(config_cmd.app, name="config")
+# The MER-NOISE corruption tool lives with the fusion work but belongs to the data group.
+data_cmd.app.command("corrupt")(corrupt_cmd.corrupt)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(features_cmd.app, name="features")
 app.add_typer(eval_cmd.app, name="eval")

@@ -45,3 +45,13 @@ def test_bad_profile_is_one_line_error_and_exit_2() -> None:
     assert result.exit_code == 2
     assert "error: unknown profile 'nope'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_data_group_offers_check_synth_and_corrupt() -> None:
+    result = runner.invoke(app, ["data", "--help"])
+    assert result.exit_code == 0
+    for command in ("check", "synth", "corrupt"):
+        assert command in result.output
+    corrupt_help = runner.invoke(app, ["data", "corrupt", "--help"])
+    assert corrupt_help.exit_code == 0
+    assert "--snr" in corrupt_help.output
