@@ -11,7 +11,9 @@ missing features. Two measurements:
 * ``fast`` — the same search run to the end with the optional speed-ups
   (``--patience``, ``--pca-dim``).
 
-Both report CV WAF of the best combination, so the cost of the speed-ups is visible.
+Both report CV WAF of the best combination, so the cost of the speed-ups is visible. The load
+average is recorded: on a CPU shared with other work, the times are pessimistic. Results of runs
+with different ``--threads`` are stored side by side (``threads=N``) in the output file.
 Usage: ``python bench/bench_fusion.py [--threads 2] [--exact-epochs 2] [--patience 10]
 [--pca-dim 128] [--out bench/results/fusion.json]``.
 """
@@ -81,12 +83,14 @@ def timed_search(rows: TrainingRows, config: FusionTrainConfig) -> dict[str, obj
         lines.append(message)
         print("  " + message, flush=True)
 
+    load_start = list(os.getloadavg())
     started = time.perf_counter()
     result = cross_validate(rows, config, progress)
     elapsed = time.perf_counter() - started
     best = result.best
     return {
         "wall_s": round(elapsed, 1),
+        "load_avg": [load_start, list(os.getloadavg())],
         "best": {
             "index": best.index,
             "hidden": best.hidden,
@@ -107,6 +111,7 @@ def exact_extrapolated(
 ) -> dict[str, object]:
     """Time each stack of the real draw for ``epochs`` epochs; scale to ``base.epochs``."""
     combos = sample_combos(base)
+    load_start = list(os.getloadavg())
     total, per_stack = 0.0, []
     groups = _stacks(combos, {h: 1 for h in base.hidden}, 10**9)
     for group in groups:
@@ -139,7 +144,11 @@ def exact_extrapolated(
             f"for {epochs} epochs -> {scaled:.0f}s for {base.epochs}",
             flush=True,
         )
-    return {"extrapolated_wall_s": round(total, 1), "stacks": per_stack}
+    return {
+        "extrapolated_wall_s": round(total, 1),
+        "load_avg": [load_start, list(os.getloadavg())],
+        "stacks": per_stack,
+    }
 
 
 def main() -> None:
@@ -152,6 +161,12 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--pca-dim", type=int, default=128)
     parser.add_argument("--unique", action="store_true")
+    parser.add_argument(
+        "--exact-combo",
+        help="d,lr,dropout: also train this one combination under the exact protocol "
+        "(full width, 100 epochs, no early stop) to price the speed-ups in CV WAF",
+    )
+    parser.add_argument("--skip-fast", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fusion.json"))
     args = parser.parse_args()
 
@@ -165,7 +180,6 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "threads": args.threads,
-            "load_avg_start": list(os.getloadavg()),
             "torch": torch.__version__,
         },
         "data": {"clips": N_CLIPS, "dims": list(DIMS), "folds": 5, "search": args.search},
@@ -176,19 +190,39 @@ def main() -> None:
             report["exact"] = timed_search(rows, base)
         else:
             report["exact"] = exact_extrapolated(rows, base, args.exact_epochs)
-    fast = base.model_copy(
-        update={"patience": args.patience, "pca_dim": args.pca_dim, "unique": args.unique}
-    )
-    print(f"fast: patience={args.patience} pca_dim={args.pca_dim} unique={args.unique}")
-    report["fast"] = {
-        "patience": args.patience,
-        "pca_dim": args.pca_dim,
-        "unique": args.unique,
-        **timed_search(rows, fast),
-    }
-    report["machine"]["load_avg_end"] = list(os.getloadavg())  # type: ignore[index]
+    if not args.skip_fast:
+        fast = base.model_copy(
+            update={"patience": args.patience, "pca_dim": args.pca_dim, "unique": args.unique}
+        )
+        print(f"fast: patience={args.patience} pca_dim={args.pca_dim} unique={args.unique}")
+        report["fast"] = {
+            "patience": args.patience,
+            "pca_dim": args.pca_dim,
+            "unique": args.unique,
+            **timed_search(rows, fast),
+        }
+    if args.exact_combo:
+        hidden, lr, dropout = args.exact_combo.split(",")
+        single = base.model_copy(
+            update={
+                "search": 1,
+                "hidden": [int(hidden)],
+                "lr": [float(lr)],
+                "dropout": [float(dropout)],
+            }
+        )
+        print(f"exact protocol, one combination d={hidden} lr={lr} dropout={dropout}")
+        for variant, update in (
+            ("exact", {}),
+            ("fast", {"patience": args.patience, "pca_dim": args.pca_dim}),
+        ):
+            report[f"single_combo_{variant}"] = timed_search(rows, single.model_copy(update=update))
+    # Runs with different thread counts are kept side by side in one results file.
+    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
+    previous = results.get(f"threads={args.threads}", {})
+    results[f"threads={args.threads}"] = {**previous, **report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(json.dumps(report, indent=2))
 
 

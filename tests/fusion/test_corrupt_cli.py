@@ -95,3 +95,11 @@ def test_corrupt_exit_codes_for_bad_input(tmp_path: Path) -> None:
         _app(), ["corrupt", str(manifest), str(tmp_path / "o3"), "--noise-dir", str(tmp_path / "x")]
     )
     assert result.exit_code == 2 and "noise folder not found" in result.output
+
+
+def test_registered_as_data_corrupt() -> None:
+    from meragent.cli import app
+
+    result = CliRunner().invoke(app, ["data", "corrupt", "--help"])
+    assert result.exit_code == 0
+    assert "--noise-dir" in result.output and "--snr" in result.output

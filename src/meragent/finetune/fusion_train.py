@@ -13,8 +13,10 @@ are computed by hand into preallocated buffers (no per-step allocation of the la
 one fused Adam updates the whole stack. Each combination draws its initial weights and dropout
 masks from its own generator and every stack replays the same batch order, so a combination's
 numbers do not depend on which others share its stack, and the same command gives the same
-numbers. ``patience`` (early stopping) and ``pca_dim`` (train the first layers in each branch's
-top principal components, folded back into full-width weights on save) are optional speed-ups.
+numbers (on the same device and thread count: a different matmul blocking can move the last bits
+and, through the best-epoch choice, the scores a little). ``patience`` (early stopping) and
+``pca_dim`` (train the first layers in each branch's top principal components, folded back into
+full-width weights on save) are optional speed-ups.
 """
 
 from __future__ import annotations
@@ -332,8 +334,8 @@ class _ComboDropout:
         for c, generator in enumerate(self.generators):
             uniform[c].uniform_(generator=generator)
         view = (-1,) + (1,) * len(shape)
-        kept = uniform >= self.rates.view(view)
-        return kept.to(uniform.dtype).mul_(self.scales.view(view))
+        zero = uniform.new_zeros(())
+        return torch.where(uniform >= self.rates.view(view), self.scales.view(view), zero)
 
     def drop_branches(self, mask: torch.Tensor, rate: float) -> torch.Tensor:
         """``mask (K,B,1,M)`` -> ``(K,B,C,M)`` with whole branches dropped (never all of a row)."""
