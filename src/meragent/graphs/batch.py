@@ -379,14 +379,27 @@ def _run_locked(
             status = "finished"
         finally:
             usage = rt.tally.as_dict() if rt is not None else {}
-            store.finish_run(run_id, status=status, usage=usage)
-            summary.usage = usage
-            summary.outputs = write_outputs(
-                store, run_dir, run_id, track=options.track, row_errors=row_errors
-            )
-            summary.elapsed_s = time.perf_counter() - started
+            close_run(store, summary, status, usage, options.track, row_errors, started)
         summary.metrics = aggregate_metrics(store, run_id)
     return summary
+
+
+def close_run(
+    store: TraceStore,
+    summary: BatchSummary,
+    status: str,
+    usage: dict[str, Any],
+    track: str,
+    row_errors: list[tuple[str, str, str]],
+    started: float,
+) -> None:
+    """Record how the run ended and regenerate its outputs (every executor ends this way)."""
+    store.finish_run(summary.run_name, status=status, usage=usage)
+    summary.usage = usage
+    summary.outputs = write_outputs(
+        store, summary.run_dir, summary.run_name, track=track, row_errors=row_errors
+    )
+    summary.elapsed_s = time.perf_counter() - started
 
 
 def _run_clips(
@@ -410,12 +423,7 @@ def _run_clips(
         checkpointer=checkpointer,
         trace=store,
         media_cache=media,
-        fusion_model=rt.fusion_model,
-        fusion_weights=rt.fusion_weights,
-        llm_weight=rt.llm_weight,
-        grouper=rt.grouper,
-        features_dir=rt.features_dir,
-        labeler_few_shot=rt.labeler_few_shot,
+        **rt.graph_options(),
     )
 
     def process(seq: int, clip: Clip) -> ClipFailure | None:

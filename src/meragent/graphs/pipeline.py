@@ -113,12 +113,7 @@ def run_one(
             track=track,
             trace=store,
             decoder=rt.decoder,
-            fusion_model=rt.fusion_model,
-            fusion_weights=rt.fusion_weights,
-            llm_weight=rt.llm_weight,
-            grouper=rt.grouper,
-            features_dir=rt.features_dir,
-            labeler_few_shot=rt.labeler_few_shot,
+            **rt.graph_options(),
         )
         clock = time.perf_counter()
         try:

@@ -44,6 +44,7 @@ from meragent.graphs.batch import (
     BatchOptions,
     BatchSummary,
     clear_run,
+    close_run,
     load_clips,
     prepare_store,
     progress_bar,
@@ -389,12 +390,7 @@ def _run_locked(
                             summary, row_errors, usage)  # fmt: skip
             status = "finished"
         finally:
-            store.finish_run(run_id, status=status, usage=usage)
-            summary.usage = usage
-            summary.outputs = write_outputs(
-                store, run_dir, run_id, track=options.track, row_errors=row_errors
-            )
-            summary.elapsed_s = time.perf_counter() - started
+            close_run(store, summary, status, usage, options.track, row_errors, started)
         summary.metrics = aggregate_metrics(store, run_id)
     return summary
 

@@ -786,12 +786,7 @@ class GraphStage:
                 track=context.track,
                 trace=cast(Any, self.steps),  # duck-typed: only add_step is called
                 media_cache=self.media,
-                fusion_model=runtime.fusion_model,
-                fusion_weights=runtime.fusion_weights,
-                llm_weight=runtime.llm_weight,
-                grouper=runtime.grouper,
-                features_dir=runtime.features_dir,
-                labeler_few_shot=runtime.labeler_few_shot,
+                **runtime.graph_options(),
             )
             for runtime in self.runtimes
         ]

@@ -42,6 +42,17 @@ class Runtime:
     secrets: list[str] = field(default_factory=list)
     fake: bool = False
 
+    def graph_options(self) -> dict[str, Any]:
+        """The ``build_graph`` keyword arguments taken from this runtime, shared by every caller."""
+        return {
+            "fusion_model": self.fusion_model,
+            "fusion_weights": self.fusion_weights,
+            "llm_weight": self.llm_weight,
+            "grouper": self.grouper,
+            "features_dir": self.features_dir,
+            "labeler_few_shot": self.labeler_few_shot,
+        }
+
     def model_ids(self) -> dict[str, str]:
         """Model id per chat role, for the run record."""
         return {role: chat.model_id for role, chat in self.chat_models.items() if chat is not None}
