@@ -57,6 +57,8 @@ def _openai_chat(role_name: str, role: RoleConfig, settings: Settings) -> BaseCh
         # RoleChat retries with backoff; client retries on top would multiply the attempts.
         "max_retries": 0,
         "temperature": float(role.options.get("temperature", 0.0)),
+        # transformers serve answers only as an event stream; env values arrive as strings.
+        "streaming": str(role.options.get("streaming", False)).lower() in ("true", "1", "yes"),
     }
     if "max_new_tokens" in role.options or "max_tokens" in role.options:
         kwargs["max_tokens"] = int(role.options.get("max_tokens", role.options["max_new_tokens"]))
