@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Check clip sources and make synthetic clips.", no_args_is_help=True)
 
 
+class MediaOption(StrEnum):
+    """Whether a row needs media to be usable (see ``meragent.data.manifest``)."""
+
+    required = "required"
+    optional = "optional"
+
+
 class SynthAudio(StrEnum):
     """What the synthetic clips' audio track holds."""
 
@@ -48,15 +55,31 @@ def check(
         bool,
         typer.Option("--probe", help="Also open each video's header and report unreadable files."),
     ] = False,
+    media: Annotated[
+        MediaOption,
+        typer.Option(
+            help="required: rows need media (or a subtitle), as for batch/run; optional: rows "
+            "without media are usable, as for fusion and text features (labels + features)."
+        ),
+    ] = MediaOption.required,
 ) -> None:
-    """Validate a clip source; print a summary and one line per bad row (exit 1 if any)."""
+    """Validate a clip source; print a summary and one line per bad row.
+
+    Exit 0 when every row is usable, 1 when some are not (the summary says how many), 2 when
+    the source itself cannot be read.
+    """
     from meragent.data.check import check_source
 
-    report = check_source(source, data_root=data_root, split=split, probe=probe)
+    report = check_source(source, data_root=data_root, split=split, probe=probe, media=media.value)
     _print_report(report)
     if report.errors:
         for error in report.errors:
             typer.echo(f"error: {error}", err=True)
+        if report.media == "required" and report.missing_files:
+            typer.echo(
+                "hint: fusion and text features need labels and cached features only; "
+                "check that use with --media optional"
+            )
         raise typer.Exit(code=1)
 
 
@@ -101,6 +124,7 @@ def _print_report(report: CheckReport) -> None:
     table.add_row("with open-set labels", str(report.n_with_openset))
     table.add_row("with valence", str(report.n_with_valence))
     table.add_row("with audio file", str(report.n_with_audio_file))
+    table.add_row("without media", str(report.n_without_media))
     if report.n_probed:
         table.add_row("headers probed", str(report.n_probed))
     Console(soft_wrap=True).print(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from meragent.data.manifest import ManifestLoad, RowError, load_manifest
+from meragent.data.manifest import ManifestLoad, MediaPolicy, RowError, load_manifest
 from meragent.data.media import probe_media
 from meragent.errors import MediaError
 from meragent.schema import EMOTIONS
@@ -21,6 +21,7 @@ class CheckReport(BaseModel):
 
     source: str
     layout: str
+    media: MediaPolicy = "required"
     split: str | None = None
     splits: list[str] = Field(default_factory=list)
     n_clips: int
@@ -31,6 +32,7 @@ class CheckReport(BaseModel):
     n_with_openset: int = 0
     n_with_valence: int = 0
     n_with_audio_file: int = 0
+    n_without_media: int = 0
     n_probed: int = 0
     missing_files: list[str] = Field(default_factory=list)
     errors: list[RowError] = Field(default_factory=list)
@@ -46,13 +48,16 @@ def check_source(
     data_root: Path | None = None,
     split: str | None = None,
     probe: bool = False,
+    media: MediaPolicy = "required",
 ) -> CheckReport:
     """Load ``source`` like the pipeline would and report what is usable and what is not.
 
-    ``probe`` also opens every video's header (no decoding) and reports files that are empty,
-    unreadable or have no stream; those clips count as errors.
+    ``media="optional"`` checks it for the uses that read cached features instead of media
+    (``fusion``, text features): rows without media are clips then, counted in
+    ``n_without_media``. ``probe`` also opens every video's header (no decoding) and reports
+    files that are empty, unreadable or have no stream; those clips count as errors.
     """
-    load = load_manifest(source, data_root=data_root, split=split)
+    load = load_manifest(source, data_root=data_root, split=split, media=media)
     errors = list(load.errors)
     clips = load.clips
     if probe:
@@ -63,6 +68,7 @@ def check_source(
     return CheckReport(
         source=str(load.source),
         layout=load.layout,
+        media=media,
         split=load.split,
         splits=load.splits,
         n_clips=len(clips),
@@ -73,6 +79,7 @@ def check_source(
         n_with_openset=sum(clip.openset is not None for clip in clips),
         n_with_valence=sum(clip.valence is not None for clip in clips),
         n_with_audio_file=sum(clip.audio is not None for clip in clips),
+        n_without_media=sum(clip.video is None and clip.audio is None for clip in clips),
         n_probed=len(load.clips) if probe else 0,
         missing_files=[e.reason for e in errors if e.kind == "missing_file"],
         errors=errors,

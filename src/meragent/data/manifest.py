@@ -15,26 +15,33 @@ Layouts (auto-detected by ``load_manifest``):
 
 Every file a row points to must stay inside the data root (the manifest's folder or
 ``data_root``): a row like ``../../etc/passwd`` is an error, not a read.
+
+``media`` says whether a clip needs something to decode. ``"required"`` (``batch``, ``run``) is
+what the pipeline needs: a MER row whose ``<name>.<ext>`` video is not found, or a CSV/JSONL row
+with no video, audio or subtitle, is an unusable row. ``"optional"`` (fusion training and
+prediction, evaluation, text features) needs labels and cached features only — the MERTools
+workflow of ``label-6way.npz`` + feature folders with the videos elsewhere: such rows become
+clips without media (counted by ``ManifestLoad.n_without_media``). A row that *names* a file
+that is not there, or one outside the data root, stays an error under both policies.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
-import io
 import json
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
+from meragent.data.csv_records import CsvRecord, has_bad_bytes, printable, read_csv_records
+from meragent.data.label_npz import read_label_npz
 from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.errors import DataError
 from meragent.schema import Clip, normalize_emotion
@@ -44,9 +51,12 @@ MER_LABEL_FILE = "label-6way.npz"
 TRANSCRIPTION_FILES: tuple[str, ...] = (
     "transcription-merge.csv",
     "transcription_merge.csv",
+    "transcription-engchi-polish.csv",  # MERTools' MER2023 release: name, chinese, english
     "transcription.csv",
 )
 MER2023_SPLITS: tuple[str, ...] = ("train", "test1", "test2", "test3")
+#: Whether a clip needs a media file (or, for CSV/JSONL rows, a subtitle); see the docstring.
+MediaPolicy = Literal["required", "optional"]
 #: A folder holding one of these is read through it (``meragent data synth`` writes the first).
 MANIFEST_FILES: tuple[str, ...] = ("manifest.csv", "manifest.jsonl")
 #: Column spellings accepted for each manifest field (first present wins).
@@ -110,12 +120,18 @@ class ManifestLoad(BaseModel):
     root: Path
     split: str | None = None
     splits: list[str] = Field(default_factory=list)
+    media: MediaPolicy = "required"
     clips: list[Clip] = Field(default_factory=list)
     errors: list[RowError] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    @property
+    def n_without_media(self) -> int:
+        """Clips with neither a video nor an audio file (text-only or labels-only)."""
+        return sum(clip.video is None and clip.audio is None for clip in self.clips)
 
 
 class _RowProblem(ValueError):
@@ -128,14 +144,21 @@ class _RowProblem(ValueError):
 
 
 def load_manifest(
-    source: Path | str, *, data_root: Path | None = None, split: str | None = None
+    source: Path | str,
+    *,
+    data_root: Path | None = None,
+    split: str | None = None,
+    media: MediaPolicy = "required",
 ) -> ManifestLoad:
     """Read ``source`` (a folder or a manifest file) in whichever layout it has.
 
     Bad rows (missing file, path outside the data root, unknown label, malformed or duplicate
     row, non-UTF-8 text) land in ``errors``; the good rows are still returned in ``clips``.
+    ``media="optional"`` keeps rows that have no media to decode (see the module docstring).
     Raises ``DataError`` only when the source as a whole is unusable.
     """
+    if media not in get_args(MediaPolicy):
+        raise ValueError(f"media must be one of {get_args(MediaPolicy)}, got {media!r}")
     # Absolute from here on, so every path a row yields can be checked against the root.
     path = _absolute(Path(source).expanduser())
     if not path.exists():
@@ -144,25 +167,29 @@ def load_manifest(
     if path.is_dir():
         root = root or path
         if (path / MER_LABEL_FILE).is_file():
-            return _load_mer_processed(path / MER_LABEL_FILE, root, split)
-        if any((path / f"{name}-label.csv").is_file() for name in MER2023_SPLITS):
-            return _load_mer2023(path, root, split)
-        manifest = next((path / n for n in MANIFEST_FILES if (path / n).is_file()), None)
-        if manifest is not None:
-            return _load_manifest_file(manifest, root, split)
-        _reject_split(split, "a folder of videos")
-        return _load_video_folder(path, root)
-    return _load_manifest_file(path, root or path.parent, split)
+            loaded = _load_mer_processed(path / MER_LABEL_FILE, root, split, media)
+        elif any((path / f"{name}-label.csv").is_file() for name in MER2023_SPLITS):
+            loaded = _load_mer2023(path, root, split, media)
+        elif manifest := next((path / n for n in MANIFEST_FILES if (path / n).is_file()), None):
+            loaded = _load_manifest_file(manifest, root, split, media)
+        else:
+            _reject_split(split, "a folder of videos")
+            loaded = _load_video_folder(path, root)
+    else:
+        loaded = _load_manifest_file(path, root or path.parent, split, media)
+    return loaded.model_copy(update={"media": media})
 
 
-def _load_manifest_file(path: Path, root: Path, split: str | None) -> ManifestLoad:
+def _load_manifest_file(
+    path: Path, root: Path, split: str | None, media: MediaPolicy
+) -> ManifestLoad:
     suffix = path.suffix.lower()
     if path.name == MER_LABEL_FILE or suffix == ".npz":
-        return _load_mer_processed(path, root, split)
+        return _load_mer_processed(path, root, split, media)
     if suffix in (".csv", ".tsv"):
-        return _load_table(path, root, split)
+        return _load_table(path, root, split, media)
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return _load_jsonl(path, root, split)
+        return _load_jsonl(path, root, split, media)
     if suffix in VIDEO_EXTENSIONS:
         _reject_split(split, "a single video")
         return _load_single_video(path, root)
@@ -320,61 +347,26 @@ class _Collector:
         self._first_row[clip.id] = row
         self.clips.append(clip)
 
-    def error(self, row: int | None, clip_id: str | None, reason: str, kind: RowErrorKind) -> None:
+    def error(
+        self,
+        row: int | None,
+        clip_id: str | None,
+        reason: str,
+        kind: RowErrorKind,
+        *,
+        file: str | None = None,
+    ) -> None:
         self.errors.append(
-            RowError(row=row, clip_id=clip_id, reason=reason, kind=kind, file=self.file)
+            RowError(row=row, clip_id=clip_id, reason=reason, kind=kind, file=file or self.file)
         )
 
 
 # ---------------------------------------------------------------------------- CSV / JSONL
 
 
-def _decode_lenient(data: bytes) -> str:
-    """UTF-8 text where undecodable bytes survive as surrogates, so each row can be judged."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # BOM written by spreadsheet programs
-    return data.decode("utf-8", errors="surrogateescape")
-
-
-def _has_bad_bytes(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-
-
-def _read_csv_records(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str], str | None]]]:
-    """Header (lower-cased) and (line number, fields, csv error or None) per record."""
-    text = _decode_lenient(path.read_bytes())
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"manifest {path} is empty") from None
-    except csv.Error as exc:
-        raise DataError(f"manifest {path} has an unreadable header: {exc}") from None
-    header = [_printable(col).strip().lower() for col in header]
-
-    def records() -> Iterator[tuple[int, list[str], str | None]]:
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                yield reader.line_num, [], f"malformed row: {exc}"
-                continue
-            if any(field.strip() for field in fields):
-                yield reader.line_num, fields, None
-
-    return header, records()
-
-
 def _field_text(fields: list[str], index: int) -> str | None:
     """A field as printable text (bad bytes shown as U+FFFD), None when the row is too short."""
-    return _printable(fields[index]).strip() or None if index < len(fields) else None
+    return printable(fields[index]).strip() or None if index < len(fields) else None
 
 
 def _column_map(header: list[str], path: Path) -> dict[str, int]:
@@ -389,36 +381,43 @@ def _column_map(header: list[str], path: Path) -> dict[str, int]:
     return mapping
 
 
-def _load_table(path: Path, root: Path, split: str | None) -> ManifestLoad:
-    header, records = _read_csv_records(path)
+def _load_table(path: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
+    header, records = read_csv_records(path)
     columns = _column_map(header, path)
     if split is not None and "split" not in columns:
         raise DataError(f"--split {split!r} given but manifest {path} has no 'split' column")
     found = _Collector(path.name)
-    for line, fields, csv_error in records:
-        if csv_error is not None:
-            found.error(line, None, csv_error, "malformed")
+    for record in records:
+        clip_id = _field_text(record.fields, columns["name"])
+        problem = _table_row_problem(header, record)
+        if problem is not None:
+            found.error(record.line, clip_id, problem.reason, problem.kind)
             continue
-        clip_id = _field_text(fields, columns["name"])
-        if len(fields) > len(header):
-            reason = f"malformed row: {len(fields)} fields, header has {len(header)}"
-            found.error(line, clip_id, reason, "malformed")
-            continue
-        bad = [h for h, value in zip(header, fields, strict=False) if _has_bad_bytes(value)]
-        if bad:
-            reason = f"{', '.join(bad)} is not valid UTF-8 (save the manifest as UTF-8)"
-            found.error(line, clip_id, reason, "encoding")
-            continue
+        fields = record.fields
         values = {f: fields[i] if i < len(fields) else "" for f, i in columns.items()}
         if split is not None and values.get("split", "").strip() != split:
             continue
-        found.add(line, clip_id, partial(_clip_from_fields, values, root))
+        found.add(record.line, clip_id, partial(_clip_from_fields, values, root, media))
     return ManifestLoad(
         layout="csv", source=path, root=root, split=split, clips=found.clips, errors=found.errors
     )
 
 
-def _load_jsonl(path: Path, root: Path, split: str | None) -> ManifestLoad:
+def _table_row_problem(header: list[str], record: CsvRecord) -> _RowProblem | None:
+    """Why a CSV record cannot be read as a row (before its values are looked at), if so."""
+    if record.error is not None:
+        return _RowProblem(record.error, "malformed")
+    if len(record.fields) > len(header):
+        reason = f"malformed row: {len(record.fields)} fields, header has {len(header)}"
+        return _RowProblem(reason, "malformed")
+    bad = [h for h, value in zip(header, record.fields, strict=False) if has_bad_bytes(value)]
+    if bad:
+        reason = f"{', '.join(bad)} is not valid UTF-8 (save the manifest as UTF-8)"
+        return _RowProblem(reason, "encoding")
+    return None
+
+
+def _load_jsonl(path: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
     found = _Collector(path.name)
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -434,7 +433,7 @@ def _load_jsonl(path: Path, root: Path, split: str | None) -> ManifestLoad:
         if split is not None and str(values.get("split") or "") != split:
             continue
         clip_id = _text(values["name"])
-        found.add(line, clip_id, partial(_clip_from_fields, values, root))
+        found.add(line, clip_id, partial(_clip_from_fields, values, root, media))
     return ManifestLoad(
         layout="jsonl", source=path, root=root, split=split, clips=found.clips, errors=found.errors
     )
@@ -468,7 +467,7 @@ def _json_records(path: Path, data: bytes, found: _Collector) -> Iterator[tuple[
             found.error(number, match.group(1) if match else None, reason, "malformed")
 
 
-def _clip_from_fields(values: Mapping[str, Any], root: Path) -> Clip:
+def _clip_from_fields(values: Mapping[str, Any], root: Path, media: MediaPolicy) -> Clip:
     name = _check_name(values.get("name"))
     # Labels first: they are checked without touching the disk.
     discrete = _label(values.get("discrete"))
@@ -482,8 +481,9 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path) -> Clip:
         video: Path | None = _existing_file(resolve_inside(root, video_value), "video")
     else:
         video = _find_video(name, [root, root / "video", root / "videos"])
-        # No video named and none found: an audio-only or text-only clip is still a clip.
-        if video is None and audio is None and subtitle is None:
+        # No video named and none found: an audio-only or text-only clip is still a clip, and
+        # so is a labels-only one when the caller reads features instead of media.
+        if video is None and audio is None and subtitle is None and media == "required":
             raise _RowProblem(
                 f"no video, audio or subtitle given and no {name}.<ext> video in {root}",
                 "missing_file",
@@ -503,7 +503,19 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path) -> Clip:
 # ---------------------------------------------------------------------------- MER layouts
 
 
-def _load_mer_processed(label_file: Path, root: Path, split: str | None) -> ManifestLoad:
+@dataclass(frozen=True)
+class _MerFiles:
+    """Where a MER layout keeps a clip's media, and whether the clip needs it."""
+
+    root: Path
+    video_dirs: list[Path]
+    audio_dir: Path
+    media: MediaPolicy
+
+
+def _load_mer_processed(
+    label_file: Path, root: Path, split: str | None, media: MediaPolicy
+) -> ManifestLoad:
     folder = label_file.parent
     corpora = read_label_npz(label_file)
     splits = [key.removesuffix("_corpus") for key in corpora if key.endswith("_corpus")]
@@ -522,11 +534,8 @@ def _load_mer_processed(label_file: Path, root: Path, split: str | None) -> Mani
             continue
         for raw_name, entry in corpus.items():
             clip_id = str(raw_name)
-            found.add(
-                None,
-                clip_id,
-                partial(_mer_clip, clip_id, entry, root, [video_dir], audio_dir, subtitles),
-            )
+            files = _MerFiles(root, [video_dir], audio_dir, media)
+            found.add(None, clip_id, partial(_mer_clip, clip_id, entry, files, subtitles))
     return ManifestLoad(
         layout="mer2024",
         source=label_file,
@@ -538,7 +547,7 @@ def _load_mer_processed(label_file: Path, root: Path, split: str | None) -> Mani
     )
 
 
-def _load_mer2023(folder: Path, root: Path, split: str | None) -> ManifestLoad:
+def _load_mer2023(folder: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
     splits = [name for name in MER2023_SPLITS if (folder / f"{name}-label.csv").is_file()]
     if split is not None and split not in splits:
         raise DataError(f"split {split!r} has no {split}-label.csv in {folder} (has: {splits})")
@@ -548,27 +557,25 @@ def _load_mer2023(folder: Path, root: Path, split: str | None) -> ManifestLoad:
     for name_split in chosen:
         label_file = folder / f"{name_split}-label.csv"
         found.file = label_file.name
-        header, records = _read_csv_records(label_file)
+        header, records = read_csv_records(label_file)
         columns = _column_map(header, label_file)
         video_dirs = [folder / name_split, folder / "video", folder / "videos"]
-        for line, fields, csv_error in records:
+        files = _MerFiles(root, video_dirs, folder / "audio", media)
+        for record in records:
+            fields = record.fields
             clip_id = _field_text(fields, columns["name"])
-            if csv_error is not None:
-                found.error(line, clip_id, csv_error, "malformed")
+            if record.error is not None:
+                found.error(record.line, clip_id, record.error, "malformed")
                 continue
-            if _has_bad_bytes("".join(fields)):
+            if has_bad_bytes("".join(fields)):
                 reason = "row is not valid UTF-8 (save the label file as UTF-8)"
-                found.error(line, clip_id, reason, "encoding")
+                found.error(record.line, clip_id, reason, "encoding")
                 continue
             entry = {
                 "emo": _field_text(fields, columns["discrete"]) if "discrete" in columns else None,
                 "val": _field_text(fields, columns["valence"]) if "valence" in columns else None,
             }
-            found.add(
-                line,
-                clip_id,
-                partial(_mer_clip, clip_id, entry, root, video_dirs, folder / "audio", subtitles),
-            )
+            found.add(record.line, clip_id, partial(_mer_clip, clip_id, entry, files, subtitles))
     return ManifestLoad(
         layout="mer2023",
         source=folder,
@@ -580,141 +587,81 @@ def _load_mer2023(folder: Path, root: Path, split: str | None) -> ManifestLoad:
     )
 
 
-def _mer_clip(
-    name: Any,
-    entry: Any,
-    root: Path,
-    video_dirs: list[Path],
-    audio_dir: Path,
-    subtitles: Mapping[str, str],
-) -> Clip:
+def _mer_clip(name: Any, entry: Any, files: _MerFiles, subtitles: Transcripts) -> Clip:
     clip_id = _check_name(name)
     if isinstance(entry, dict):
         emo, val = entry.get("emo"), entry.get("val")
     else:
         emo, val = entry, None
     discrete, valence = _label(emo), _valence(val)
-    video = _find_video(clip_id, video_dirs)
-    if video is None:
-        where = " or ".join(str(d) for d in video_dirs)
+    video = _find_video(clip_id, files.video_dirs)
+    if video is None and files.media == "required":
+        where = " or ".join(str(d) for d in files.video_dirs)
         raise _RowProblem(f"video file not found: {clip_id}.<ext> in {where}", "missing_file")
-    video = resolve_inside(root, video)
-    audio = audio_dir / f"{clip_id}.wav"
+    audio = files.audio_dir / f"{clip_id}.wav"
     return Clip(
         id=clip_id,
-        video=video,
-        audio=resolve_inside(root, audio) if audio.is_file() else None,
-        subtitle=subtitles.get(clip_id),
-        language="zh",
+        video=resolve_inside(files.root, video) if video is not None else None,
+        audio=resolve_inside(files.root, audio) if audio.is_file() else None,
+        subtitle=subtitles.texts.get(clip_id),
+        language=subtitles.language,
         discrete=discrete,
         valence=valence,
     )
 
 
-def _read_transcriptions(folder: Path, found: _Collector) -> dict[str, str]:
-    """name -> subtitle from the first transcription CSV present; bad rows become errors."""
+@dataclass(frozen=True)
+class Transcripts:
+    """Subtitles of a MER folder (name -> text) and their language."""
+
+    texts: dict[str, str]
+    language: str = "zh"
+
+
+#: Transcript column -> language code; MER's text is Chinese unless the column says otherwise.
+_TRANSCRIPT_LANGUAGES = {"english": "en"}
+
+
+def _read_transcriptions(folder: Path, found: _Collector) -> Transcripts:
+    """Subtitles from the first transcription CSV present; bad rows become errors."""
     path = next((folder / n for n in TRANSCRIPTION_FILES if (folder / n).is_file()), None)
     if path is None:
-        return {}
+        return Transcripts({})
     try:
-        header, records = _read_csv_records(path)
+        header, records = read_csv_records(path)
         columns = _column_map(header, path)
     except DataError as exc:
         # Subtitles are optional: a broken transcription file costs subtitles, not clips.
         found.errors.append(RowError(reason=str(exc), kind="malformed", file=path.name))
-        return {}
+        return Transcripts({})
     if "subtitle" not in columns:
-        return {}
+        return Transcripts({})
+    language = _TRANSCRIPT_LANGUAGES.get(header[columns["subtitle"]], "zh")
     subtitles: dict[str, str] = {}
-    for line, fields, csv_error in records:
-        if csv_error is not None or len(fields) <= max(columns["name"], columns["subtitle"]):
-            continue
-        name = _printable(fields[columns["name"]]).strip()
-        text = fields[columns["subtitle"]]
-        if _has_bad_bytes(text):
+    for record in records:
+        problem = _transcript_problem(record, columns)
+        if problem is not None:
             # The clip itself is fine: it loads without a subtitle, and the row is reported.
-            found.errors.append(
-                RowError(
-                    row=line,
-                    clip_id=name,
-                    reason="subtitle is not valid UTF-8 (save the transcription as UTF-8)",
-                    kind="encoding",
-                    file=path.name,
-                )
-            )
+            name = _field_text(record.fields, columns["name"])
+            found.error(record.line, name, problem.reason, problem.kind, file=path.name)
             continue
-        if text.strip() and text.strip().lower() != "nan":
-            subtitles[name] = text.strip()
-    return subtitles
+        if len(record.fields) <= max(columns["name"], columns["subtitle"]):
+            continue
+        name = printable(record.fields[columns["name"]]).strip()
+        text = record.fields[columns["subtitle"]].strip()
+        if text and text.lower() != "nan":
+            subtitles[name] = text
+    return Transcripts(subtitles, language)
 
 
-# ---------------------------------------------------------------------------- label npz
-
-
-#: The only globals a MER label file's pickles may reference: numpy's array rebuilders.
-_LABEL_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-class _LabelUnpickler(pickle.Unpickler):
-    """Unpickles only plain data plus numpy arrays/scalars; anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _LABEL_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy.core"):
-            module = "numpy._core" + module.removeprefix("numpy.core")  # numpy 1 pickles
-        return super().find_class(module, name)
-
-
-def read_label_npz(path: Path) -> dict[str, Any]:
-    """Read MER's ``label-6way.npz``: each key -> its value (``<split>_corpus`` dicts).
-
-    MER stores each corpus as a pickled 0-d object array, which ``np.load`` only reads with
-    ``allow_pickle=True`` — that would run any code a tampered file carries. Instead the
-    pickled members are read with an unpickler that accepts numpy arrays, numpy scalars and
-    plain Python data only, so a downloaded label file cannot execute anything.
-    """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"label file {path} is not a readable .npz: {exc}") from None
-    result: dict[str, Any] = {}
-    with archive:
-        for member in archive.namelist():
-            if not member.endswith(".npy"):
-                continue
-            with archive.open(member) as handle:
-                try:
-                    value = _read_npy_member(handle)
-                except (ValueError, pickle.UnpicklingError, EOFError) as exc:
-                    raise DataError(f"label file {path}: cannot read {member}: {exc}") from None
-            result[member.removesuffix(".npy")] = value
-    return result
-
-
-def _read_npy_member(handle: Any) -> Any:
-    fmt = np.lib.format
-    version = fmt.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran, dtype = fmt.read_array_header_1_0(handle)
-    else:
-        shape, fortran, dtype = fmt.read_array_header_2_0(handle)
-    if dtype.hasobject:
-        array = _LabelUnpickler(handle).load()
-        if not isinstance(array, np.ndarray):
-            raise ValueError("pickled member is not an array")
-        return array.item() if array.ndim == 0 else array.tolist()
-    count = int(np.prod(shape)) if shape else 1
-    data = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype, count=count)
-    return data.reshape(shape, order="F" if fortran else "C").copy()
+def _transcript_problem(record: CsvRecord, columns: Mapping[str, int]) -> _RowProblem | None:
+    if record.error is not None:
+        return _RowProblem(f"{record.error} (its subtitle is not used)", "malformed")
+    index = columns["subtitle"]
+    if index < len(record.fields) and has_bad_bytes(record.fields[index]):
+        reason = "subtitle is not valid UTF-8 (save the transcription as UTF-8)"
+        return _RowProblem(reason, "encoding")
+    return None
 
 
 # ---------------------------------------------------------------------------- folders
