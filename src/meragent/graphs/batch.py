@@ -120,13 +120,16 @@ def invoke_clip(graph: Any, run_id: str, clip: Clip, *, checkpointed: bool) -> d
     if checkpointed:
         snapshot = graph.get_state(config)
         values = snapshot.values or {}
-        if values and values.get("clip") == clip:
-            if snapshot.next:
-                return dict(graph.invoke(None, config))  # resume at the unfinished super-step
-            if "prediction" in values:
-                return dict(values)  # finished but not recorded before the kill
-        elif values:
-            graph.checkpointer.delete_thread(thread_id(run_id, clip.id))  # the clip changed
+        same_clip = bool(values) and values.get("clip") == clip
+        # ``tasks``, not ``next``: a kill after every task of a super-step saved its writes but
+        # before the next checkpoint leaves ``next`` empty while the step is still to be applied.
+        if same_clip and snapshot.tasks:
+            return dict(graph.invoke(None, config))  # resume at the unfinished super-step
+        if same_clip and "prediction" in values:
+            return dict(values)  # finished but not recorded before the kill
+        if values:
+            # A fresh input on an old thread would append its clues to the stale ones.
+            graph.checkpointer.delete_thread(thread_id(run_id, clip.id))
     return dict(graph.invoke({"run_id": run_id, "clip": clip}, config))
 
 
