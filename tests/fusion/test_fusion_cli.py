@@ -106,9 +106,12 @@ def test_train_reports_missing_features(workspace: dict[str, Path]) -> None:
         workspace["features"],
         *QUICK,
     )
-    assert result.exit_code == 0, result.output
+    # It still trains on what it has, but the exit code says that clips lacked features.
+    assert result.exit_code == 1, result.output
     assert "skipped 1 clips with no features at all: clip_0004" in result.output
     assert "text: features missing for 1 clips (masked): clip_0003" in result.output
+    assert "0 unusable rows, 2 clips lacking features" in result.output
+    assert (workspace["root"] / "m" / "model.safetensors").is_file()
 
 
 def test_fewer_clips_than_folds_exits_2(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from meragent.commands.errors import friendly_errors
 
 if TYPE_CHECKING:
     from meragent.data.check import CheckReport
+    from meragent.schema import Clip
 
 app = typer.Typer(help="Check clip sources and make synthetic clips.", no_args_is_help=True)
 
@@ -81,6 +82,47 @@ def check(
                 "check that use with --media optional"
             )
         raise typer.Exit(code=1)
+
+
+@app.command("labels")
+@friendly_errors
+def labels(
+    source: Annotated[
+        Path, typer.Argument(help="Any clip source with labels (MER folder, label-6way.npz, CSV).")
+    ],
+    out: Annotated[Path, typer.Option(help="CSV to write: name,discrete,valence.")],
+    split: Annotated[
+        str | None, typer.Option(help="Only this split (MER layouts: train, test1, ...).")
+    ] = None,
+) -> None:
+    """Write a source's six-class labels (and valence) as the CSV ``meragent eval six`` reads.
+
+    Media is not needed (e.g. MERTools' label-6way.npz alone). Rows without a six-class label
+    are left out; a missing valence is written empty. Exit 1 when some rows were unusable.
+    """
+    from meragent.data.manifest import load_manifest
+
+    loaded = load_manifest(source, split=split, media="optional")
+    labelled = [clip for clip in loaded.clips if clip.discrete is not None]
+    _write_labels(labelled, out)
+    typer.echo(f"wrote {len(labelled)} labelled clips -> {out}")
+    if loaded.errors:
+        for error in loaded.errors:
+            typer.echo(f"error: {error}", err=True)
+        typer.echo(f"{len(loaded.errors)} unusable rows left out")
+        raise typer.Exit(code=1)
+
+
+def _write_labels(clips: list[Clip], path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["name", "discrete", "valence"])
+        for clip in clips:
+            valence = "" if clip.valence is None else f"{clip.valence:g}"
+            writer.writerow([clip.id, clip.discrete, valence])
 
 
 @app.command("synth")

@@ -1,9 +1,16 @@
-"""``meragent fusion``: train the six-class fusion head, predict with it, pseudo-label a pool."""
+"""``meragent fusion``: train the six-class fusion head, predict with it, pseudo-label a pool.
+
+Fusion reads labels and cached features only, so sources are loaded with ``media="optional"``:
+a MERTools folder holding ``label-6way.npz`` and no videos, or a CSV with ``name`` + labels, is
+a full training set. Exit codes: 0 all ok; 1 the command finished but some rows were unusable or
+some clips lacked features (the last line says how many); 2 usage or configuration error.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -121,15 +128,38 @@ def _ints(text: str, what: str) -> list[int]:
     return [int(v) for v in values]
 
 
-def _load_clips(source: Path, split: str | None, data_root: Path | None) -> list[Clip]:
-    """Clips of a source; bad rows are reported on stderr and the good ones kept."""
+@dataclass
+class _Problems:
+    """What a fusion command could not use; any of it makes the exit code 1."""
+
+    unusable_rows: int = 0
+    lacking_features: list[str] = field(default_factory=list)
+
+    def finish(self) -> None:
+        """Print how many rows/clips were affected and exit 1, or return when there were none."""
+        if not self.unusable_rows and not self.lacking_features:
+            return
+        typer.echo(
+            f"finished with problems: {self.unusable_rows} unusable rows, "
+            f"{len(self.lacking_features)} clips lacking features (see the lines above)"
+        )
+        raise typer.Exit(code=1)
+
+
+def _load_clips(
+    source: Path, split: str | None, data_root: Path | None, problems: _Problems
+) -> list[Clip]:
+    """Clips of a source (media not needed); bad rows are reported on stderr and counted."""
     from meragent.data.manifest import load_manifest
 
-    loaded = load_manifest(source, data_root=data_root, split=split)
+    loaded = load_manifest(source, data_root=data_root, split=split, media="optional")
     if loaded.errors:
         typer.echo(f"warning: {len(loaded.errors)} unusable rows in {source}:", err=True)
         for error in loaded.errors[:10]:
             typer.echo(f"  {error}", err=True)
+        if len(loaded.errors) > 10:
+            typer.echo(f"  … and {len(loaded.errors) - 10} more", err=True)
+    problems.unusable_rows += len(loaded.errors)
     return list(loaded.clips)
 
 
@@ -269,7 +299,8 @@ def train(
     )
     branches = parse_branches(encoders)
     augment_cache = _augment_cache(augment, augment_features)
-    clips = _load_clips(source, split, data_root)
+    problems = _Problems()
+    clips = _load_clips(source, split, data_root, problems)
     cache = _feature_cache(features, profile)
     result = train_fusion(
         clips,
@@ -281,6 +312,8 @@ def train(
     )
     save_fusion_model(result, out)
     _print_training(result, out)
+    problems.lacking_features = result.report.lacking_features()
+    problems.finish()
 
 
 @app.command("predict")
@@ -304,7 +337,8 @@ def predict(
     predictor = load_fusion_model(
         model, device=resolve_device(device or load_settings(profile=profile).device)
     )
-    clips = _load_clips(source, split, data_root)
+    problems = _Problems()
+    clips = _load_clips(source, split, data_root, problems)
     table = predict_clips([c.id for c in clips], _feature_cache(features, profile), predictor)
     write_submission(table, out)
     typer.echo(f"predicted {len(table.clip_ids)} clips -> {out}")
@@ -320,6 +354,8 @@ def predict(
         if missing:
             typer.echo(f"{name}: features missing for {len(missing)} clips (masked)", err=True)
     _print_scores(clips, table)
+    problems.lacking_features = table.lacking_features()
+    problems.finish()
 
 
 def _print_scores(clips: list[Clip], table: object) -> None:
@@ -333,11 +369,28 @@ def _print_scores(clips: list[Clip], table: object) -> None:
     names = [name for name in truth if name in predicted]
     if not names:
         return
-    report = six_class_metrics([truth[n] for n in names], [predicted[n] for n in names])
-    typer.echo(
+    valence_true = valence_pred = None
+    if table.valence is not None:
+        by_clip = {c.id: c.valence for c in clips}
+        predicted_valence = dict(zip(table.clip_ids, table.valence.tolist(), strict=True))
+        valence_true = [by_clip[n] for n in names]
+        valence_pred = [predicted_valence[n] for n in names]
+    report = six_class_metrics(
+        [truth[n] for n in names],
+        [predicted[n] for n in names],
+        valence_true=valence_true,
+        valence_pred=valence_pred,
+    )
+    line = (
         f"on {len(names)} labelled clips: "
         f"WAF {100 * report.waf:.2f} ACC {100 * report.accuracy:.2f}"
     )
+    if report.mse is not None and report.mer2023_score is not None:
+        line += (
+            f" valence MSE {report.mse:.3f} ({report.n_valence} clips) "
+            f"MER2023 score {report.mer2023_score:.4f}"
+        )
+    typer.echo(line)
 
 
 @app.command("pseudo-label")
@@ -412,9 +465,11 @@ def pseudo_label(
         rounds=rounds, eta=eta, thresholds=_thresholds(threshold or []), train=train_config
     )
     branches = parse_branches(encoders)
-    labelled = _load_clips(source, None, data_root)
-    pool = _load_clips(unlabeled, None, data_root)
-    test_ids = [c.id for c in _load_clips(test, None, data_root)] if test is not None else []
+    problems = _Problems()
+    labelled = _load_clips(source, None, data_root, problems)
+    pool = _load_clips(unlabeled, None, data_root, problems)
+    test_clips = _load_clips(test, None, data_root, problems) if test is not None else []
+    test_ids = [c.id for c in test_clips]
     result = pseudo_label_training(
         labelled,
         pool,
@@ -434,6 +489,11 @@ def pseudo_label(
         added = ", ".join(f"{k} {v}" for k, v in report.added.items())
         typer.echo(f"round {report.round}: added {sum(report.added.values())} ({added})")
     _print_training(result.final, out / "model")
+    if result.no_features:
+        typer.echo(f"pool: {len(result.no_features)} clips had no features at all", err=True)
+    lacking = [*result.final.report.lacking_features(), *result.no_features]
+    problems.lacking_features = list(dict.fromkeys(lacking))
+    problems.finish()
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:

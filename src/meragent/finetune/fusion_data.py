@@ -158,6 +158,11 @@ class DataReport:
     n_pseudo: int = 0
     warnings: list[str] = field(default_factory=list)
 
+    def lacking_features(self) -> list[str]:
+        """Labelled clips left out for having no features, then those with a branch masked."""
+        masked = dict.fromkeys(c for clips in self.missing.values() for c in clips)
+        return list(dict.fromkeys([*self.no_features, *masked]))
+
     def lines(self) -> list[str]:
         """A few human-readable lines for the CLI."""
         out = [f"{self.n_labelled} labelled clips used (of {self.n_clips} in the source)"]

@@ -35,6 +35,11 @@ class PredictionTable:
     skipped: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)
 
+    def lacking_features(self) -> list[str]:
+        """Clips not predicted (no features at all), then those predicted with a branch masked."""
+        masked = dict.fromkeys(c for clips in self.missing.values() for c in clips)
+        return list(dict.fromkeys([*self.skipped, *masked]))
+
     def discrete(self) -> list[str]:
         # argmax takes the first maximum: ties go to the earlier class in EMOTIONS order.
         return [EMOTIONS[i] for i in np.argmax(self.probs, axis=1)] if len(self.probs) else []
