@@ -9,7 +9,7 @@ import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -141,9 +141,15 @@ class TraceStep(BaseModel):
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
+#: How bad a clip's problem is: ``failed`` (no answer) or ``degraded`` (answered from the
+#: modalities that remained, e.g. a corrupt video with a subtitle).
+Severity = Literal["failed", "degraded"]
+
+
 class ClipFailure(BaseModel):
-    """A clip that could not be processed, with the stage and the reason."""
+    """A clip that could not be processed (or only in part), with the stage and the reason."""
 
     clip_id: str
     stage: str
     reason: str
+    severity: Severity = "failed"

@@ -63,9 +63,11 @@ def test_six_table_output(write_csv: WriteCsv) -> None:
     gt = write_csv("gt.csv", ["name", "discrete"], [("a", "happy"), ("b", "sad")])
     pred = write_csv("pred.csv", ["name", "discrete"], [("a", "happy")])
     result = _invoke("six", "--gt", str(gt), "--pred", str(pred))
-    assert result.exit_code == 0, result.output
+    # Scored, but a ground-truth clip had no prediction: finished with a problem, exit 1.
+    assert result.exit_code == 1, result.output
     assert "accuracy: 50.00  WAF: 50.00" in result.stdout
     assert "missing predictions: 1" in result.stdout
+    assert "1 ground-truth clip(s) have no prediction" in result.stderr
 
 
 def test_six_unknown_class_names_the_line(write_csv: WriteCsv) -> None:

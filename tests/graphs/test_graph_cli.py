@@ -63,14 +63,14 @@ def test_batch_resume_and_trace_commands(tmp_path: Path, fake_home: Path) -> Non
     manifest = write_manifest(tmp_path / "data", 4, subtitles={2: "<script>alert(1)</script>"})
     first = runner.invoke(app, ["batch", str(manifest), "--run", "cli", "--concurrency", "2"])
     assert first.exit_code == 0, first.output
-    assert "run cli: 4 ok, 0 failed" in first.output
+    assert "run cli: 4 ok, 0 degraded, 0 failed" in first.output
     run_dir = fake_home / "runs" / "cli"
     assert (run_dir / "discrete.csv").read_text().splitlines()[0] == "name,discrete"
 
     again = runner.invoke(app, ["batch", str(manifest), "--run", "cli"])
     assert again.exit_code == 2 and "pass --resume" in again.output
     resumed = runner.invoke(app, ["batch", str(manifest), "--run", "cli", "--resume"])
-    assert resumed.exit_code == 0 and "0 ok, 0 failed, 4 already done" in resumed.output
+    assert resumed.exit_code == 0 and "0 ok, 0 degraded, 0 failed, 4 already done" in resumed.output
 
     listing = runner.invoke(app, ["trace", "list"])
     assert listing.exit_code == 0 and "cli" in listing.output and "finished" in listing.output
@@ -101,7 +101,7 @@ def test_trace_of_an_unknown_run_is_a_clear_error() -> None:
 def test_demo_on_fakes_makes_clips_runs_and_points_to_the_trace(fake_home: Path) -> None:
     result = runner.invoke(app, ["demo", "--clips", "2"])
     assert result.exit_code == 0, result.output
-    assert "run demo: 2 ok, 0 failed" in result.output
+    assert "run demo: 2 ok, 0 degraded, 0 failed" in result.output
     assert "trace page:" in result.output and "meragent trace show demo CLIP" in result.output
     run_dir = fake_home / "runs" / "demo"
     assert (run_dir / "trace.html").is_file()
@@ -109,4 +109,7 @@ def test_demo_on_fakes_makes_clips_runs_and_points_to_the_trace(fake_home: Path)
     assert (fake_home / "demo" / "clips" / "manifest.csv").is_file()
     # A second demo reuses the clips and starts a clean run.
     again = runner.invoke(app, ["demo", "--clips", "2"])
-    assert again.exit_code == 0 and "run demo: 2 ok, 0 failed, 0 already done" in again.output
+    assert (
+        again.exit_code == 0
+        and "run demo: 2 ok, 0 degraded, 0 failed, 0 already done" in again.output
+    )

@@ -112,7 +112,9 @@ def test_whole_final_state_of_a_full_run(tmp_path: Path, clip: Clip) -> None:
     assert steps["acoustic"].model_id == "prosody-v1"
     assert steps["acoustic"].parsed_output["probs"] == {"happy": 0.6, "neutral": 0.4}
     assert steps["fusion"].inputs["llm_choice"] == "happy"
-    assert steps["evaluator"].parsed_output == out["metrics"]
+    # The evaluator names the grouper it scored with (none given: exact match, "identity").
+    assert steps["evaluator"].parsed_output == {**out["metrics"], "grouper": {"name": "identity"}}
+    assert steps["evaluator"].model_id == "identity"
     assert all(s.error is None and s.latency_s >= 0 for s in steps.values())
 
 

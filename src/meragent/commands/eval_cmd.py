@@ -1,5 +1,10 @@
 """``meragent eval``: MER metrics on CSV files (six-class, open-set, emotion wheel) and the
-calibration of the offline synonym grouper against the organisers' GPT grouping."""
+calibration of the offline synonym grouper against the organisers' GPT grouping.
+
+Exit codes: 0 every ground-truth clip has a prediction, 1 scored but some ground-truth clips had
+no prediction (scored as wrong/empty, counted as ``missing predictions``), 2 unusable input
+(a bad row is reported with its line and nothing is scored) or options.
+"""
 
 from __future__ import annotations
 
@@ -58,10 +63,11 @@ ProfileOption = Annotated[
     str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
 ]
 EncoderOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--encoder",
-        help="Sentence encoder for the embedding grouper: 'bundled:minilm', an HF id or a path.",
+        help="Sentence encoder for the embedding grouper: 'bundled:minilm', an HF id or a path "
+        "(default: the profile grouper's model, else bundled:minilm).",
     ),
 ]
 
@@ -74,10 +80,11 @@ class Scope(StrEnum):
 
 
 ScopeOption = Annotated[
-    Scope,
+    Scope | None,
     typer.Option(
         "--scope",
-        help="Embedding grouping per sample (like the GPT grouping) or over all labels at once.",
+        help="Embedding grouping per sample (like the GPT grouping) or over all labels at once "
+        "(default: the profile grouper's, else sample).",
     ),
 ]
 WordFormsOption = Annotated[
@@ -112,6 +119,7 @@ def six(
     typer.echo(result.model_dump_json(indent=2) if as_json else six_table(result))
     for path in written:
         typer.echo(f"wrote {path}", err=True)
+    _exit_on_missing(result.n_missing_predictions)
 
 
 @app.command("ov")
@@ -136,9 +144,9 @@ def ov(
         float | None,
         typer.Option(min=-1.0, max=1.0, help="Cosine threshold of the embedding grouper."),
     ] = None,
-    encoder: EncoderOption = BUNDLED_ENCODER,
+    encoder: EncoderOption = None,
     word_forms: WordFormsOption = None,
-    scope: ScopeOption = Scope.sample,
+    scope: ScopeOption = None,
     wheel_dir: Annotated[
         Path | None,
         typer.Option("--wheel-dir", help="Emotion-wheel folder for --grouping wheel."),
@@ -146,7 +154,11 @@ def ov(
     profile: ProfileOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """MER-OV set accuracy / recall / average of name,openset CSVs under a synonym grouping."""
+    """MER-OV set accuracy / recall / average of name,openset CSVs under a synonym grouping.
+
+    Without --grouping (or with the profile's own) the profile grouper's options (tau, scope,
+    encoder) apply, as in a batch's metrics.json.
+    """
     from meragent.config import load_settings
     from meragent.eval.files import score_ov_files
     from meragent.eval.report import ov_table
@@ -162,6 +174,7 @@ def ov(
     result = score_ov_files(gt, pred, grouper, parse=parse.value)
     typer.echo(result.model_dump_json(indent=2) if as_json else ov_table(result))
     _report_grouper_problems(grouper)
+    _exit_on_missing(result.n_missing_predictions)
 
 
 @app.command("wheel")
@@ -231,12 +244,12 @@ def calibrate_grouping(
     report = calibrate_embedding_grouping(
         read_openset_csv(data / OV_LABELS_FILE),
         read_groups_json(data / GPT_GROUPS_FILE),
-        load_sentence_encoder(encoder, device="cpu"),
+        load_sentence_encoder(encoder or BUNDLED_ENCODER, device="cpu"),
         pred=read_openset_csv(pred) if pred is not None else None,
         word_forms=word_forms,
         taus=taus,
-        scope=scope.value,
-        encoder_id=encoder,
+        scope=(scope or Scope.sample).value,
+        encoder_id=encoder or BUNDLED_ENCODER,
     )
     target = out or settings.runs_dir / "eval" / "grouping_calibration.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +269,17 @@ def _print_wheel(gt: Path, pred: Path, wheel_dir: Path, parse: Parse, as_json: b
 
     result = score_wheel_files(gt, pred, wheel_dir, parse=parse.value)
     typer.echo(result.model_dump_json(indent=2) if as_json else wheel_table(result))
+    _exit_on_missing(result.n_missing_predictions)
+
+
+def _exit_on_missing(n_missing: int) -> None:
+    """Exit 1 when ground-truth clips had no prediction (scored, but not everything was there)."""
+    if n_missing:
+        typer.echo(
+            f"warning: {n_missing} ground-truth clip(s) have no prediction (scored as wrong)",
+            err=True,
+        )
+        raise typer.Exit(code=1)
 
 
 def _profile_grouping(settings: Settings) -> Grouping:
@@ -273,12 +297,21 @@ def _build_grouper(
     settings: Settings,
     groups: Path | None,
     tau: float | None,
-    encoder: str,
+    encoder: str | None,
     word_forms: Path | None,
-    scope: Scope,
+    scope: Scope | None,
 ) -> Grouper:
     from meragent.eval.grouping import get_grouper
+    from meragent.graphs.runtime import grouper_options
 
+    role = settings.role("grouper")
+    # The profile's own grouping takes the profile's options (as the batch's metrics.json does).
+    defaults = grouper_options(role) if role.backend == grouping.value else {}
+    groups = groups or (Path(str(defaults["path"])) if defaults.get("path") else None)
+    tau = tau if tau is not None else defaults.get("tau")
+    encoder = encoder or defaults.get("encoder") or BUNDLED_ENCODER
+    word_forms = word_forms or defaults.get("word_forms")
+    scope = scope or Scope(defaults.get("scope", Scope.sample.value))
     if grouping is Grouping.cached:
         if groups is None:
             raise fail("--grouping cached needs --groups FILE")

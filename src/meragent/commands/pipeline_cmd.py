@@ -1,7 +1,9 @@
 """Top-level pipeline commands: ``run`` (one clip), ``batch`` (a manifest), ``demo``.
 
 Each command builds Settings, calls one function of ``meragent.graphs`` and prints the result;
-the graph, models and stores are imported only when a command runs.
+the graph, models and stores are imported only when a command runs. Exit codes: 0 every clip
+ok, 1 the command finished but a clip failed or was only answered in part (``degraded``) or the
+source had unusable rows, 2 a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ from meragent.config import load_settings
 if TYPE_CHECKING:
     from meragent.graphs.batch import BatchSummary
 
-TrackOption = Annotated[
-    str,
-    typer.Option(
-        help="What to answer: ov (open-vocabulary labels), semi / noise (six-class), or all."
-    ),
-]
+TRACK_HELP = "What to answer: ov (open-vocabulary labels), semi / noise (six-class), or all."
+TrackOption = Annotated[str, typer.Option(help=TRACK_HELP)]
 ProfileOption = Annotated[
     str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
 ]
@@ -70,10 +68,13 @@ def _print_clip(payload: dict[str, Any]) -> None:
 
 
 def _print_summary(summary: BatchSummary) -> None:
+    # clips/s is the progress bar's figure: clips processed over the time spent on clips.
     typer.echo(
-        f"run {summary.run_name}: {summary.n_ok} ok, {summary.n_failed} failed, "
-        f"{summary.n_skipped} already done, {summary.n_row_errors} bad manifest rows "
-        f"({summary.elapsed_s:.1f} s, {summary.clips_per_s:.2f} clips/s)"
+        f"run {summary.run_name}: {summary.n_ok} ok, {summary.n_degraded} degraded, "
+        f"{summary.n_failed} failed, {summary.n_skipped} already done, "
+        f"{summary.n_row_errors} bad manifest rows ({summary.n_done} clips in "
+        f"{summary.throughput.seconds:.1f} s: {summary.clips_per_s:.2f} clips/s; "
+        f"{summary.elapsed_s:.1f} s in all)"
     )
     outputs = summary.outputs
     if outputs is not None:
@@ -88,7 +89,7 @@ def _print_summary(summary: BatchSummary) -> None:
             f" tokens, {usage['retries']} retries, ${usage['cost_usd']:.4f}"
         )
     for failure in summary.failures[:5]:
-        typer.echo(f"  failed {failure.clip_id} [{failure.stage}]: {failure.reason}")
+        typer.echo(f"  {failure.severity} {failure.clip_id} [{failure.stage}]: {failure.reason}")
 
 
 def run_command(
@@ -114,19 +115,37 @@ def run_command(
         typer.echo(json.dumps(payload, ensure_ascii=False, default=str))
     else:
         _print_clip(payload)
+    if outcome.status == "degraded":
+        typer.echo(f"degraded {outcome.clip.id} [media]: {outcome.degraded_reason}", err=True)
+        raise typer.Exit(code=1)
 
 
 def batch_command(
-    source: Annotated[
-        Path, typer.Argument(help="A manifest (CSV/JSONL), a MER data folder or a video folder.")
-    ],
     run: Annotated[str, typer.Option("--run", help="Run name: outputs go to runs/NAME/.")],
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A manifest (CSV/JSONL), a MER data folder or a video folder (with --resume: "
+            "default the run's own)."
+        ),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option(help="Clips processed at the same time (threads).", min=1)
     ] = 1,
-    track: TrackOption = "all",
+    track: Annotated[
+        str | None,
+        typer.Option(help=f"{TRACK_HELP} Default: the run's own track, or all for a new run."),
+    ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue a run: skip clips it already finished.")
+        bool, typer.Option(help="Continue a run: skip clips it already answered.")
+    ] = False,
+    allow_new_source: Annotated[
+        bool,
+        typer.Option(
+            "--allow-new-source",
+            help="With --resume: continue on a SOURCE other than the run's own (e.g. the same "
+            "clips moved); without it that is refused, as it would mix two datasets.",
+        ),
     ] = False,
     profile: ProfileOption = None,
     limit: Annotated[
@@ -162,11 +181,23 @@ def batch_command(
         ),
     ] = None,
 ) -> None:
-    """Run every clip of SOURCE; write MER submission CSVs, results.parquet and errors.csv."""
+    """Run every clip of SOURCE; write MER submission CSVs, results.parquet and errors.csv.
+
+    Exit code 0 when every clip is ok, 1 when some clip failed or was degraded or some source
+    row was unusable (errors.csv lists them), 2 for a usage or configuration error.
+    """
     from meragent.graphs.batch import BatchOptions, run_batch
 
+    if source is None and not resume:
+        raise fail("give the SOURCE to run (only --resume can take the run's own)")
     settings = load_settings(profile=profile)
-    options = BatchOptions(track=track, concurrency=concurrency, resume=resume, limit=limit)
+    options = BatchOptions(
+        track=track,
+        concurrency=concurrency,
+        resume=resume,
+        limit=limit,
+        allow_new_source=allow_new_source,
+    )
     if executor == "ray":
         from meragent.graphs.ray_executor import RayOptions, run_batch_ray
 
@@ -181,6 +212,8 @@ def batch_command(
     else:
         raise fail(f"unknown --executor {executor!r} (choose local or ray)")
     _print_summary(summary)
+    if summary.exit_code:
+        raise typer.Exit(code=summary.exit_code)
 
 
 def demo_command(

@@ -25,7 +25,10 @@ def _pretty(value: Any) -> str:
 @app.command("list")
 @friendly_errors
 def list_runs() -> None:
-    """List the runs under the home folder with their status and clip counts."""
+    """List the runs under the home folder with their status and clip counts.
+
+    ``degraded``: clips answered from what remained (media not decoded, subtitle used).
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -38,7 +41,9 @@ def list_runs() -> None:
     if not folders:
         typer.echo(f"no runs under {runs_dir}")
         return
-    table = Table("run", "status", "track", "profile", "ok", "failed", "clips", "updated")
+    table = Table(
+        "run", "status", "track", "profile", "ok", "degraded", "failed", "clips", "updated"
+    )
     for path in folders:
         with read_trace(path.parent) as store:
             for run in store.runs():
@@ -50,6 +55,7 @@ def list_runs() -> None:
                     run.track or "",
                     run.profile or "",
                     str(run.n_ok),
+                    str(run.n_degraded),
                     str(run.n_failed),
                     str(run.n_clips),
                     run.updated_at,

@@ -352,13 +352,17 @@ class PipelineNodes:
         if clip.discrete is not None and prediction.discrete is not None:
             metrics["discrete_correct"] = prediction.discrete == clip.discrete
         if clip.openset is not None and "labels" in state:
+            from meragent.eval.grouping import IdentityGrouper
             from meragent.eval.ov import score_ov
+            from meragent.graphs.runtime import describe_grouper, grouper_label
 
-            scores = score_ov(
-                {clip.id: clip.openset}, {clip.id: prediction.openset}, grouper=self.deps.grouper
-            )
+            # The run's grouper, the one metrics.json and `meragent eval ov` use.
+            grouper = self.deps.grouper if self.deps.grouper is not None else IdentityGrouper()
+            scores = score_ov({clip.id: clip.openset}, {clip.id: prediction.openset}, grouper)
             metrics["ov_accuracy"] = scores.accuracy
             metrics["ov_recall"] = scores.recall
-            record.model_id = str(getattr(self.deps.grouper, "name", "exact"))
+            record.model_id = grouper_label(grouper)
+            record.parsed_output = {**metrics, "grouper": describe_grouper(grouper)}
+            return {"metrics": metrics}
         record.parsed_output = metrics
         return {"metrics": metrics}

@@ -1,8 +1,12 @@
 """Run outputs, regenerated from the trace store and each replaced atomically.
 
 ``discrete.csv`` (``name,discrete``) and ``openset.csv`` (``name,openset``, a Python-list string)
-are MER submission files; ``results.parquet`` holds every field of every clip; ``errors.csv``
-lists bad manifest rows and failed clips; ``metrics.json`` scores clips with ground truth.
+are MER submission files with every answered clip (``ok`` and ``degraded``); ``results.parquet``
+holds every field of every clip; ``errors.csv`` (``name,stage,severity,reason``) lists bad
+manifest rows and failed clips (severity ``failed``) and clips answered from what remained
+(severity ``degraded``); ``metrics.json`` scores every clip with ground truth the way
+``meragent eval`` scores the submission files: a failed clip counts as a missing prediction, and
+open-set labels go through the run's grouper, which it names (with its tau).
 Each file is written to a temporary name and renamed over the old one, so a reader (or a
 SIGKILL) sees either the previous or the new file, never a half-written one or duplicates.
 """
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meragent.graphs.trace import TraceStore, dumps
+from meragent.graphs.trace import ANSWERED, TraceStore, dumps
 
 #: Every file a run folder's outputs may consist of.
 OUTPUT_FILES = (
@@ -25,6 +29,11 @@ OUTPUT_FILES = (
     "errors.csv",
     "metrics.json",
 )
+#: Columns of ``errors.csv``.
+ERRORS_HEADER = ("name", "stage", "severity", "reason")
+#: Tracks that answer the six classes / the open set.
+SIX_CLASS_TRACKS = ("semi", "noise", "all")
+OPEN_SET_TRACKS = ("ov", "all")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -44,6 +53,7 @@ class OutputPaths:
     parquet: Path
     errors: Path
     metrics: Path | None
+    scores: dict[str, Any] | None = None  # what metrics.json holds
 
 
 def _results_frame(store: TraceStore, run_id: str) -> Any:
@@ -101,23 +111,34 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
     atomic_write(path, write)
 
 
-def aggregate_metrics(store: TraceStore, run_id: str) -> dict[str, Any] | None:
-    """Six-class and MER-OV scores over the finished clips that carry ground truth."""
+def aggregate_metrics(
+    store: TraceStore, run_id: str, *, track: str | None = None, grouper: Any = None
+) -> dict[str, Any] | None:
+    """Six-class and MER-OV scores over the run's clips that carry ground truth.
+
+    Answered clips are scored on their prediction; with ``track`` given, a failed clip of a track
+    that answers that task counts as a missing prediction (as ``meragent eval`` counts a name
+    absent from the submission file). Open-set labels are grouped by ``grouper`` (identity
+    when None), which ``metrics["ov"]["grouper"]`` describes.
+    """
     six_true, six_pred, val_true, val_pred = [], [], [], []
     ov_true: dict[str, list[str]] = {}
     ov_pred: dict[str, list[str]] = {}
-    for record in store.results(run_id, status="ok"):
+    for record in store.results(run_id):
         result = record.result or {}
         clip = result.get("clip") or {}
         prediction = result.get("prediction") or {}
-        if clip.get("discrete") and "fusion" in result:
+        answered = record.status in ANSWERED
+        if clip.get("discrete") and _scored(answered, "fusion" in result, track, SIX_CLASS_TRACKS):
             six_true.append(clip["discrete"])
-            six_pred.append(record.discrete)
+            six_pred.append(record.discrete if answered else None)
             val_true.append(clip.get("valence"))
-            val_pred.append(prediction.get("valence"))
-        if clip.get("openset") is not None and "labels" in result:
+            val_pred.append(prediction.get("valence") if answered else None)
+        labelled = "labels" in result
+        if clip.get("openset") is not None and _scored(answered, labelled, track, OPEN_SET_TRACKS):
             ov_true[record.clip_id] = list(clip["openset"])
-            ov_pred[record.clip_id] = list(record.openset or [])
+            if answered:
+                ov_pred[record.clip_id] = list(record.openset or [])
     metrics: dict[str, Any] = {}
     if six_true:
         from meragent.eval.six import six_class_metrics
@@ -125,10 +146,23 @@ def aggregate_metrics(store: TraceStore, run_id: str) -> dict[str, Any] | None:
         report = six_class_metrics(six_true, six_pred, valence_true=val_true, valence_pred=val_pred)
         metrics["six_class"] = report.model_dump(mode="json")
     if ov_true:
+        from meragent.eval.grouping import IdentityGrouper
         from meragent.eval.ov import score_ov
+        from meragent.graphs.runtime import describe_grouper
 
-        metrics["ov"] = score_ov(ov_true, ov_pred).model_dump(mode="json")
+        grouper = grouper if grouper is not None else IdentityGrouper()
+        metrics["ov"] = {
+            **score_ov(ov_true, ov_pred, grouper).model_dump(mode="json"),
+            "grouper": describe_grouper(grouper),
+        }
     return metrics or None
+
+
+def _scored(answered: bool, computed: bool, track: str | None, tracks: tuple[str, ...]) -> bool:
+    """Whether a clip enters a task's score: answered with that task, or failed on its track."""
+    if answered:
+        return computed
+    return track is not None and track in tracks
 
 
 def write_outputs(
@@ -139,38 +173,46 @@ def write_outputs(
     track: str,
     row_errors: Sequence[tuple[str, str, str]] = (),
     with_metrics: bool = True,
+    grouper: Any = None,
 ) -> OutputPaths:
     """Regenerate every output file from the store, each replaced atomically."""
     import json
 
     from meragent.agents.labeler import format_labels
 
-    ok = store.results(run_id, status="ok")
-    failed = store.results(run_id, status="failed")
-    discrete = openset = metrics_path = None
-    if track in ("semi", "noise", "all"):
+    answered = store.results(run_id, status=ANSWERED)
+    discrete = openset = metrics_path = scores = None
+    if track in SIX_CLASS_TRACKS:
         discrete = run_dir / "discrete.csv"
-        rows = [(r.clip_id, r.discrete) for r in ok if r.discrete]
+        rows = [(r.clip_id, r.discrete) for r in answered if r.discrete]
         _write_csv(discrete, ("name", "discrete"), rows)
-    if track in ("ov", "all"):
+    if track in OPEN_SET_TRACKS:
         openset = run_dir / "openset.csv"
-        _write_csv(
-            openset, ("name", "openset"), [(r.clip_id, format_labels(r.openset or [])) for r in ok]
-        )
+        labels = [(r.clip_id, format_labels(r.openset or [])) for r in answered]
+        _write_csv(openset, ("name", "openset"), labels)
     errors = run_dir / "errors.csv"
-    error_rows = [*row_errors, *((r.clip_id, r.stage or "", r.error or "") for r in failed)]
-    _write_csv(errors, ("name", "stage", "reason"), error_rows)
+    _write_csv(errors, ERRORS_HEADER, error_rows(store, run_id, row_errors))
     parquet = run_dir / "results.parquet"
     frame = _results_frame(store, run_id)
     atomic_write(parquet, lambda tmp: frame.to_parquet(tmp, index=False))
     if with_metrics:
-        metrics = aggregate_metrics(store, run_id)
-        if metrics is not None:
+        scores = aggregate_metrics(store, run_id, track=track, grouper=grouper)
+        if scores is not None:
             metrics_path = run_dir / "metrics.json"
-            text = json.dumps(metrics, indent=2, ensure_ascii=False)
+            text = json.dumps(scores, indent=2, ensure_ascii=False)
 
             def write_json(tmp: Path) -> None:
                 tmp.write_text(text, encoding="utf-8")
 
             atomic_write(metrics_path, write_json)
-    return OutputPaths(discrete, openset, parquet, errors, metrics_path)
+    return OutputPaths(discrete, openset, parquet, errors, metrics_path, scores)
+
+
+def error_rows(
+    store: TraceStore, run_id: str, row_errors: Sequence[tuple[str, str, str]] = ()
+) -> list[tuple[str, str, str, str]]:
+    """``errors.csv`` rows: bad manifest rows, then failed and degraded clips in manifest order."""
+    rows = [(name, stage, "failed", reason) for name, stage, reason in row_errors]
+    for record in store.results(run_id, status=("failed", "degraded")):
+        rows.append((record.clip_id, record.stage or "", record.status, record.error or ""))
+    return rows

@@ -1,8 +1,11 @@
 """Entry points behind ``meragent run`` and ``meragent demo``.
 
 ``run_one`` answers a single clip (a media file, a one-clip manifest, or ``MANIFEST#CLIP``) and
-records its steps in the ``single`` run's trace store. ``run_demo`` makes (or reuses) synthetic
-clips under ``settings.home/demo`` and runs the whole graph on them as the batch ``demo``.
+records its steps in the ``single`` run's trace store; a clip that fails raises
+:class:`ClipFailedError` (exit code 1: the command ran, the clip did not), a clip answered from
+what remained of broken media comes back with ``status="degraded"``. ``run_demo`` makes (or
+reuses) synthetic clips under ``settings.home/demo`` and runs the whole graph on them as the
+batch ``demo``.
 """
 
 from __future__ import annotations
@@ -13,16 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from meragent.config import Settings
-from meragent.errors import ConfigError, DataError
-from meragent.graphs.batch import (
-    BatchOptions,
-    BatchSummary,
-    record_failure,
-    record_success,
-    run_batch,
-    run_dir_for,
-)
+from meragent.errors import ConfigError, DataError, MeragentError
+from meragent.graphs.batch import BatchOptions, BatchSummary, run_batch, run_dir_for
 from meragent.graphs.runtime import Runtime, runtime_for
+from meragent.graphs.session import record_failure, record_success
 from meragent.graphs.state import TRACKS
 from meragent.graphs.trace import open_trace
 from meragent.schema import Clip
@@ -69,9 +66,19 @@ def resolve_clip(target: str, settings: Settings) -> Clip:
     )
 
 
+class ClipFailedError(MeragentError):
+    """The clip of ``meragent run`` failed in the graph (recorded in the trace store)."""
+
+    exit_code = 1
+
+
 @dataclass
 class ClipOutcome:
-    """One clip's final graph output and where its trace lives."""
+    """One clip's final graph output and where its trace lives.
+
+    ``status``: ``ok``, or ``degraded`` with ``degraded_reason`` (media not decoded, answered
+    from the subtitle).
+    """
 
     clip: Clip
     output: dict[str, Any]
@@ -79,6 +86,8 @@ class ClipOutcome:
     run_id: str
     latency_s: float
     n_steps: int
+    status: str = "ok"
+    degraded_reason: str | None = None
 
 
 def run_one(
@@ -119,14 +128,17 @@ def run_one(
         try:
             output = dict(graph.invoke({"run_id": run_name, "clip": clip}))
         except Exception as exc:
-            record_failure(store, run_name, seq, clip, exc, time.perf_counter() - clock)
+            failure = record_failure(store, run_name, seq, clip, exc, time.perf_counter() - clock)
             store.finish_run(run_name, status="finished", usage=rt.tally.as_dict())
-            raise
+            message = f"clip {clip.id} failed [{failure.stage}]: {failure.reason}"
+            raise ClipFailedError(store.scrub(message)) from exc
         latency = time.perf_counter() - clock
-        record_success(store, run_name, seq, clip, output, latency)
+        degraded = record_success(store, run_name, seq, clip, output, latency)
         store.finish_run(run_name, status="finished", usage=rt.tally.as_dict())
         n_steps = len(store.steps(run_name, clip.id))
-    return ClipOutcome(clip, output, run_dir, run_name, latency, n_steps)
+        reason = store.scrub(degraded.reason) if degraded is not None else None
+    status = "ok" if reason is None else "degraded"
+    return ClipOutcome(clip, output, run_dir, run_name, latency, n_steps, status, reason)
 
 
 @dataclass

@@ -40,18 +40,7 @@ from typing import Any
 
 from meragent.config import Settings
 from meragent.errors import ConfigError, MeragentError
-from meragent.graphs.batch import (
-    BatchOptions,
-    BatchSummary,
-    clear_run,
-    close_run,
-    load_clips,
-    prepare_store,
-    progress_bar,
-    run_dir_for,
-    run_lock,
-)
-from meragent.graphs.outputs import aggregate_metrics, write_outputs
+from meragent.graphs.outputs import write_outputs
 from meragent.graphs.ray_stages import (
     CLIP_ID,
     PAYLOAD,
@@ -65,7 +54,19 @@ from meragent.graphs.ray_stages import (
     without_chat_roles,
     worker_environment,
 )
-from meragent.graphs.state import TRACKS
+from meragent.graphs.session import (
+    BatchOptions,
+    BatchSummary,
+    RunInputs,
+    add_progress_task,
+    advance,
+    check_options,
+    close_run,
+    locked_run,
+    prepare_store,
+    progress_bar,
+    record_answer,
+)
 from meragent.graphs.trace import TraceStore, dumps, open_trace
 from meragent.schema import Clip, ClipFailure, TraceStep
 
@@ -290,21 +291,10 @@ def commit_row(store: TraceStore, run_id: str, row: dict[str, Any]) -> ClipFailu
     for entry in payload.get("steps", []):
         store.add_step(TraceStep.model_validate(entry["step"]), inputs=entry.get("inputs"))
     latency = float(payload.get("latency_s", 0.0))
-    if payload["status"] == "ok":
+    if payload["status"] == "ok":  # answered: ok or degraded, decided as in-process
         output = payload["output"]
         prediction = output.get("prediction") or {}
-        store.record_result(
-            run_id,
-            clip_id,
-            seq=seq,
-            status="ok",
-            discrete=prediction.get("discrete"),
-            openset=list(prediction.get("openset") or []),
-            description=prediction.get("description"),
-            latency_s=latency,
-            result=output,
-        )
-        return None
+        return record_answer(store, run_id, seq, clip_id, output, prediction, latency)
     store.record_result(
         run_id,
         clip_id,
@@ -339,7 +329,7 @@ def settings_secrets(settings: Settings) -> list[str]:
 
 def run_batch_ray(
     settings: Settings,
-    source: Path | str,
+    source: Path | str | None,
     run_name: str,
     options: BatchOptions | None = None,
     ray_options: RayOptions | None = None,
@@ -347,82 +337,74 @@ def run_batch_ray(
     """Run every clip of ``source`` on Ray into ``runs_dir/run_name`` (same files as run_batch)."""
     options = options or BatchOptions()
     ray_options = ray_options or RayOptions()
-    if options.track not in TRACKS:
-        raise ConfigError(f"unknown track {options.track!r} (choose from {', '.join(TRACKS)})")
-    if options.concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
+    check_options(options)
     ray = import_ray()  # fail before touching the run folder
-    run_dir = run_dir_for(settings, run_name)
-    with run_lock(run_dir, run_name):
-        if options.overwrite:
-            clear_run(run_dir)
-        clips, row_errors = load_clips(source, settings)
-        if options.limit is not None:
-            clips = clips[: options.limit]
-        return _run_locked(
-            ray, settings, str(source), run_name, run_dir, clips, row_errors, options, ray_options
-        )
+    with locked_run(settings, source, run_name, options) as run:
+        return _run_locked(ray, settings, run, ray_options)
 
 
 def _run_locked(
-    ray: Any,
-    settings: Settings,
-    source: str,
-    run_id: str,
-    run_dir: Path,
-    clips: list[Clip],
-    row_errors: list[tuple[str, str, str]],
-    options: BatchOptions,
-    ray_options: RayOptions,
+    ray: Any, settings: Settings, run: RunInputs, ray_options: RayOptions
 ) -> BatchSummary:
     started = time.perf_counter()
     usage: dict[str, dict[str, float]] = {}
-    with open_trace(run_dir, secrets=settings_secrets(settings)) as store:
-        done = prepare_store(store, run_id, options, settings, source, len(clips))
-        todo = [(seq, clip) for seq, clip in enumerate(clips) if clip.id not in done]
+    options, track = run.options, run.options.run_track
+    grouper: Any = None
+    with open_trace(run.run_dir, secrets=settings_secrets(settings)) as store:
+        done = prepare_store(store, run.run_id, options, settings, run.source, len(run.clips))
+        todo = [(seq, clip) for seq, clip in enumerate(run.clips) if clip.id not in done]
         summary = BatchSummary.starting(
-            run_id, run_dir, options.track, len(clips), len(todo), len(row_errors)
+            run.run_id, run.run_dir, track, len(run.clips), len(todo), len(run.row_errors)
         )
         status = "interrupted"
         try:
             if todo:
-                _run_on_ray(ray, store, run_dir, run_id, todo, settings, options, ray_options,
-                            summary, row_errors, usage)  # fmt: skip
+                grouper = _run_on_ray(ray, store, run, todo, settings, ray_options, summary, usage)
+            else:
+                grouper = _driver_grouper(settings, run, ray_options)
             status = "finished"
         finally:
-            close_run(store, summary, status, usage, options.track, row_errors, started)
-        summary.metrics = aggregate_metrics(store, run_id)
+            close_run(store, summary, status, usage, track, run.row_errors, started,
+                      grouper=grouper)  # fmt: skip
     return summary
+
+
+def _driver_grouper(settings: Settings, run: RunInputs, ray_options: RayOptions) -> Any:
+    """The grouper metrics.json uses when no clip ran: the one the workers' runtime would have."""
+    if ray_options.runtime_factory is None:
+        from meragent.graphs.runtime import grouper_for
+
+        return grouper_for(settings)
+    context = stage_context(settings, run.run_id, run.options, ray_options)
+    return context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local")).grouper
 
 
 def _run_on_ray(
     ray: Any,
     store: TraceStore,
-    run_dir: Path,
-    run_id: str,
+    run: RunInputs,
     todo: list[tuple[int, Clip]],
     settings: Settings,
-    options: BatchOptions,
     ray_options: RayOptions,
     summary: BatchSummary,
-    row_errors: list[tuple[str, str, str]],
     usage: dict[str, dict[str, float]],
-) -> None:
-    context = stage_context(settings, run_id, options, ray_options)
+) -> Any:
+    """Stream the clips through Ray, committing each; returns the grouper for metrics.json."""
+    context = stage_context(settings, run.run_id, run.options, ray_options)
     # Build the runtime once here (without loading local LLM weights): a bad profile, model
     # path or LLM endpoint fails now, as one line, instead of killing every worker that tries.
-    context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local"))
+    driver = context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local"))
     with ray_session(ray, ray_options.address), data_context(ray, progress=False):
         plan = plan_resources(ray.cluster_resources(), ray_options)
         context = replace(context, gpu=plan.gpus_per_worker > 0)
-        with progress_bar(options.progress, len(todo)) as progress:
-            committer = _Committer(store, run_dir, run_id, options, summary, usage, row_errors)
-            committer.watch(progress)
+        with progress_bar(run.options.progress, len(todo), lambda: summary.clips_per_s) as bar:
+            committer = _Committer(store, run, summary, usage)
+            committer.watch(bar)
             committer.consume(
                 _result_rows(ray, build_dataset(ray, todo, context, plan, ray_options))
             )
             lost = committer.missing(todo)
-            if lost and (ray_options.encoder_batch_size > 1 or options.concurrency > 1):
+            if lost and (ray_options.encoder_batch_size > 1 or run.options.concurrency > 1):
                 # Ray gave up on whole batches: run their clips again one per batch, so that only
                 # a clip that itself kills its worker is lost.
                 alone = replace(ray_options, encoder_batch_size=1)
@@ -430,7 +412,8 @@ def _run_on_ray(
                 committer.consume(_result_rows(ray, dataset))
                 lost = committer.missing(todo)
             for seq, clip in lost:
-                committer.count(record_lost(store, run_id, seq, clip))
+                committer.count(record_lost(store, run.run_id, seq, clip))
+    return driver.grouper
 
 
 class _Committer:
@@ -439,20 +422,11 @@ class _Committer:
     def __init__(
         self,
         store: TraceStore,
-        run_dir: Path,
-        run_id: str,
-        options: BatchOptions,
+        run: RunInputs,
         summary: BatchSummary,
         usage: dict[str, dict[str, float]],
-        row_errors: list[tuple[str, str, str]],
     ) -> None:
-        self.store, self.run_dir, self.run_id = store, run_dir, run_id
-        self.options, self.summary, self.usage, self.row_errors = (
-            options,
-            summary,
-            usage,
-            row_errors,
-        )
+        self.store, self.run, self.summary, self.usage = store, run, summary, usage
         self.committed: set[str] = set()
         self.last_export = time.monotonic()
         self.progress: Any = None
@@ -460,35 +434,33 @@ class _Committer:
 
     def watch(self, progress: Any) -> None:
         self.progress = progress
-        todo = self.summary.n_clips - self.summary.n_skipped
-        self.task = progress.add_task(self.run_id, total=todo, failed=0)
+        self.task = add_progress_task(progress, self.summary)
+        self.summary.throughput.start()
 
     def consume(self, rows: Iterator[dict[str, Any]]) -> None:
+        run = self.run
         for row in rows:
             clip_id = str(row[CLIP_ID])
             if clip_id in self.committed:
                 continue  # never twice, whatever Ray retried
-            failure = commit_row(self.store, self.run_id, row)
+            outcome = commit_row(self.store, run.run_id, row)
             self.committed.add(clip_id)
             if row[USAGE]:
                 add_usage(self.usage, json.loads(str(row[USAGE])))
-            self.count(failure)
-            if time.monotonic() - self.last_export > self.options.export_every_s:
-                write_outputs(self.store, self.run_dir, self.run_id, track=self.options.track,
-                              row_errors=self.row_errors, with_metrics=False)  # fmt: skip
+            self.count(outcome)
+            if time.monotonic() - self.last_export > run.options.export_every_s:
+                write_outputs(self.store, run.run_dir, run.run_id, track=run.options.run_track,
+                              row_errors=run.row_errors, with_metrics=False)  # fmt: skip
                 self.last_export = time.monotonic()
 
     def missing(self, todo: list[tuple[int, Clip]]) -> list[tuple[int, Clip]]:
         return [(seq, clip) for seq, clip in todo if clip.id not in self.committed]
 
-    def count(self, failure: ClipFailure | None) -> None:
-        if failure is None:
-            self.summary.n_ok += 1
+    def count(self, outcome: ClipFailure | None) -> None:
+        if self.progress is None:
+            self.summary.count(outcome)
         else:
-            self.summary.n_failed += 1
-            self.summary.failures.append(failure)
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, failed=self.summary.n_failed)
+            advance(self.progress, self.task, self.summary, outcome)
 
 
 def stage_context(
@@ -501,7 +473,7 @@ def stage_context(
         settings = settings.model_copy(update={"llm_base_url": ray_options.llm_urls[0]})
     return StageContext(
         settings=settings,
-        track=options.track,
+        track=options.run_track,
         run_id=run_id,
         factory=ray_options.runtime_factory or runtime_for,
         token=uuid.uuid4().hex,

@@ -1,13 +1,18 @@
 """Everything a graph run needs, built once from Settings: tools, chat models, decoder, fusion.
 
 ``build_runtime`` loads only what the track needs (no labeler for six-class tracks, no LLM at
-all when a trained fusion head answers them). ``fake_runtime`` swaps in the doubles from
-``graphs.fakes``; ``runtime_for`` picks it when ``MERAGENT_FAKE_RUNTIME=1`` (tests, benchmark).
+all when a trained fusion head answers them). The profile's ``grouper`` role scores open-set
+labels, in the evaluator node and in ``metrics.json``, with the options ``meragent eval ov``
+uses for the same grouping (``profile_grouper``); it loads its encoder on first use only.
+``fake_runtime`` swaps in the doubles from ``graphs.fakes``; ``runtime_for`` picks it when
+``MERAGENT_FAKE_RUNTIME=1`` (tests, benchmark).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +126,126 @@ def build_runtime(settings: Settings, *, track: str) -> Runtime:
         llm_weight=float(fusion_options.get("llm_weight", 1.0)),
         features_dir=settings.features_dir,
         labeler_few_shot=labeler_few_shot(settings.role("labeler_llm")),
+        grouper=profile_grouper(settings),
         secrets=secrets,
     )
+
+
+# --------------------------------------------------------------------------- grouper
+
+
+def grouper_options(role: RoleConfig) -> dict[str, Any]:
+    """The options of the profile's grouper with the defaults ``meragent eval ov`` applies.
+
+    ``embedding``: the role's ``model`` is the sentence encoder (default the bundled MiniLM),
+    ``options`` may set ``tau``, ``scope`` and ``word_forms``; ``cached``: ``model`` (or
+    ``options.groups``) is the groups JSON file.
+    """
+    backend = role.backend
+    if backend == "embedding":
+        from meragent.eval.embedding_grouper import DEFAULT_TAU
+
+        return {
+            "encoder": role.model or "bundled:minilm",
+            "tau": float(role.options.get("tau", DEFAULT_TAU)),
+            "scope": str(role.options.get("scope", "sample")),
+            "word_forms": role.options.get("word_forms"),
+        }
+    if backend == "cached":
+        return {"path": role.model or role.options.get("groups")}
+    return dict(role.options)
+
+
+class ProfileGrouper:
+    """The profile's grouper, built on first use and called by one thread at a time.
+
+    Built lazily so a run without open-set ground truth never loads the grouper's encoder; the
+    lock because the evaluator nodes of parallel clips share it and fitting mutates it.
+    """
+
+    def __init__(self, name: str, options: dict[str, Any], build: Callable[[], Any]) -> None:
+        self.name = name
+        self.options = options
+        self._build = build
+        self._inner: Any = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()}
+
+    def _get(self) -> Any:
+        if self._inner is None:
+            self._inner = self._build()
+        return self._inner
+
+    def fit(self, labels: Iterable[str]) -> None:
+        with self._lock:
+            fit = getattr(self._get(), "fit", None)
+            if callable(fit):
+                fit(labels)
+
+    def group_ids(self, sample: str, labels: Sequence[str]) -> list[str]:
+        with self._lock:
+            return list(self._get().group_ids(sample, labels))
+
+
+def profile_grouper(settings: Settings) -> Any:
+    """The grouper the profile names (``identity`` when the role is ``none``)."""
+    from meragent.errors import ConfigError
+    from meragent.eval.grouping import IdentityGrouper, available_groupers
+
+    role = settings.role("grouper")
+    backend = role.backend if role.enabled else "identity"
+    if backend == "identity":
+        return IdentityGrouper()
+    if backend not in available_groupers():
+        known = ", ".join(available_groupers())
+        raise ConfigError(f"profile grouper {backend!r} is unknown (known: {known})")
+    options = grouper_options(role)
+    return ProfileGrouper(backend, options, lambda: _build_grouper(backend, options, settings))
+
+
+def _build_grouper(backend: str, options: dict[str, Any], settings: Settings) -> Any:
+    from meragent.errors import ConfigError
+    from meragent.eval.grouping import get_grouper
+
+    if backend == "embedding":
+        from meragent.tools.sentence_encoder import load_sentence_encoder
+
+        encoder = load_sentence_encoder(str(options["encoder"]), device="cpu")
+        rest = {k: v for k, v in options.items() if k != "encoder"}
+        return get_grouper("embedding", encoder=encoder, **rest)
+    if backend == "cached":
+        if not options.get("path"):
+            raise ConfigError("profile grouper 'cached' needs model = PATH of a groups JSON file")
+        return get_grouper("cached", path=Path(str(options["path"])))
+    if backend == "llm":
+        role = settings.role("reasoning_llm")
+        chat_model = make_chat_model(role, settings, role_name="reasoning_llm")
+        cache_dir = settings.cache_dir / "llm_groups"
+        return get_grouper("llm", chat_model=chat_model, cache_dir=cache_dir)
+    return get_grouper(backend, **options)
+
+
+def describe_grouper(grouper: Any) -> dict[str, Any]:
+    """Which grouper scores open-set labels and with what (tau, scope, encoder ...)."""
+    info: dict[str, Any] = {"name": str(getattr(grouper, "name", type(grouper).__name__))}
+    describe = getattr(grouper, "describe", None)
+    if callable(describe):
+        return {**info, **describe()}
+    for key in ("tau", "scope"):
+        value = getattr(grouper, key, None)
+        if value is not None:
+            info[key] = value
+    return info
+
+
+def grouper_label(grouper: Any) -> str:
+    """``embedding(tau=0.46, scope=sample)``: the grouper as the trace's model id."""
+    info = describe_grouper(grouper)
+    name = info.pop("name")
+    params = ", ".join(f"{k}={v}" for k, v in info.items() if k in ("tau", "scope", "path"))
+    return f"{name}({params})" if params else name
 
 
 def fake_runtime(*, delay_s: float = 0.0, settings: Settings | None = None) -> Runtime:
@@ -153,3 +276,13 @@ def runtime_for(settings: Settings, *, track: str) -> Runtime:
             delay_s=float(os.environ.get(FAKE_DELAY_ENV, "0") or 0), settings=settings
         )
     return build_runtime(settings, track=track)
+
+
+def grouper_for(settings: Settings) -> Any:
+    """The grouper ``runtime_for`` would give, without building the rest of the runtime.
+
+    For ``metrics.json`` of a run whose clips are all done already (nothing else to load).
+    """
+    if os.environ.get(FAKE_RUNTIME_ENV, "") not in ("", "0"):
+        return None  # the fake runtime scores with the identity grouper
+    return profile_grouper(settings)

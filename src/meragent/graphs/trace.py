@@ -1,7 +1,8 @@
 """SQLite trace store: tables ``run``, ``clip_result`` and ``step`` (one row per node execution).
 
 The store is also the batch runner's commit log: a clip counts as done once its
-``clip_result`` row says ``ok``, which is written in one transaction, so a killed process never
+``clip_result`` row says ``ok`` or ``degraded`` (answered from the modalities that remained), which
+is written in one transaction, so a killed process never
 leaves a clip half-recorded. WAL mode and a busy timeout let ``meragent trace`` read while a
 batch writes. Secrets never enter it: the run's config is stored masked and every string is
 scrubbed of the configured secret values before it is written.
@@ -70,6 +71,8 @@ CREATE TABLE IF NOT EXISTS step (
 CREATE INDEX IF NOT EXISTS step_by_clip ON step (run_id, clip_id, id);
 """
 REDACTED = "********"
+#: Clip statuses that carry an answer: written to the submission files, skipped by ``--resume``.
+ANSWERED = ("ok", "degraded")
 
 
 def _now() -> str:
@@ -135,7 +138,13 @@ class RunRecord(BaseModel):
     usage: dict[str, Any] | None = None
     n_clips: int = 0
     n_ok: int = 0
+    n_degraded: int = 0
     n_failed: int = 0
+
+    @property
+    def n_results(self) -> int:
+        """Clips with a recorded outcome, whatever it was."""
+        return self.n_ok + self.n_degraded + self.n_failed
 
 
 class TraceStore:
@@ -179,6 +188,10 @@ class TraceStore:
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Also redact these values from everything written from now on."""
         self._secrets.extend(s for s in secrets if s)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured secret redacted (for lines shown to the user)."""
+        return self._scrub(text) or ""
 
     def _scrub(self, text: str | None) -> str | None:
         if text is None:
@@ -245,6 +258,7 @@ class TraceStore:
             usage=loads(row["usage_json"]),
             n_clips=row["n_clips"] or 0,
             n_ok=counts.get("ok", 0),
+            n_degraded=counts.get("degraded", 0),
             n_failed=counts.get("failed", 0),
         )
 
@@ -348,19 +362,27 @@ class TraceStore:
             )
 
     def finished_clips(self, run_id: str) -> set[str]:
-        """Clips whose result is ``ok`` (failed ones are retried on resume)."""
+        """Clips with an answer (``ok`` or ``degraded``); failed ones are retried on resume.
+
+        A degraded clip is not retried: its media are as broken as before and it has its answer.
+        """
         with self._lock:
             rows = self._conn.execute(
-                "SELECT clip_id FROM clip_result WHERE run_id=? AND status='ok'", (run_id,)
+                "SELECT clip_id FROM clip_result WHERE run_id=? AND status IN (?, ?)",
+                (run_id, *ANSWERED),
             ).fetchall()
         return {row[0] for row in rows}
 
-    def results(self, run_id: str, *, status: str | None = None) -> list[ClipRecord]:
+    def results(
+        self, run_id: str, *, status: str | tuple[str, ...] | None = None
+    ) -> list[ClipRecord]:
+        """The run's clip results in manifest order, optionally of one status (or several)."""
         query = "SELECT * FROM clip_result WHERE run_id=?"
         params: tuple[Any, ...] = (run_id,)
         if status is not None:
-            query += " AND status=?"
-            params += (status,)
+            wanted = (status,) if isinstance(status, str) else tuple(status)
+            query += f" AND status IN ({', '.join('?' * len(wanted))})"
+            params += wanted
         with self._lock:
             rows = self._conn.execute(query + " ORDER BY seq, clip_id", params).fetchall()
         return [

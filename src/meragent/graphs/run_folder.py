@@ -1,0 +1,91 @@
+"""A run's folder under ``settings.runs_dir``: its name rules, its ``flock``, clearing it.
+
+``runs_dir/NAME`` holds ``trace.sqlite``, ``checkpoints.sqlite`` (in-process executor), the
+outputs of ``graphs.outputs`` and a ``.lock`` file held with ``flock`` while a batch runs; the
+lock file names the holder's pid, which ``trace list`` checks to tell a live run from a killed one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from meragent.config import Settings
+from meragent.errors import ConfigError, MeragentError
+from meragent.graphs.outputs import OUTPUT_FILES
+
+CHECKPOINT_FILE = "checkpoints.sqlite"
+LOCK_FILE = ".lock"
+_RUN_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class RunLockedError(MeragentError):
+    """Another batch with the same run name is running."""
+
+
+# --------------------------------------------------------------------------- run folder & lock
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one safe folder name (letters, digits, ``._-``)."""
+    if not name or name.startswith(".") or not set(name) <= _RUN_NAME_OK:
+        raise ConfigError(f"invalid run name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
+def run_dir_for(settings: Settings, name: str) -> Path:
+    """The folder of run ``name``: ``settings.runs_dir/name``."""
+    return settings.runs_dir / check_run_name(name)
+
+
+@contextmanager
+def run_lock(run_dir: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the run's lock file (the kernel drops it if we die)."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    handle = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RunLockedError(
+                f"run {name!r} is already running (pid {owner}); wait for it to finish or "
+                "choose another --run name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing the descriptor releases the lock
+
+
+def batch_alive(run_dir: Path) -> bool:
+    """Whether the process named in the run's lock file is still alive (for ``trace list``)."""
+    try:
+        pid = int((run_dir / LOCK_FILE).read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's store, checkpoints and outputs (the lock file stays: we hold it)."""
+    for name in (*OUTPUT_FILES, "trace.html"):
+        (run_dir / name).unlink(missing_ok=True)
+    for base in ("trace.sqlite", CHECKPOINT_FILE):
+        for suffix in ("", "-wal", "-shm"):
+            (run_dir / f"{base}{suffix}").unlink(missing_ok=True)
