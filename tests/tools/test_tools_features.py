@@ -76,3 +76,18 @@ def test_bad_encoder_names_fail_with_one_line(synth_dataset: Path, tmp_path: Pat
     )
     assert code == 2 and "acoustic_encoder" in err and str(missing) in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_unusable_manifest_rows_make_extract_exit_1(synth_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_dataset.parent, data)
+    with (data / "manifest.csv").open("a", encoding="utf-8") as manifest:
+        manifest.write("ghost,video/ghost.mp4,,,,,\n")
+    home = ["--home", str(tmp_path / "home")]
+    code, out, err = run(str(data / "manifest.csv"), "--encoder", "prosody", *home)
+    assert code == 1 and "ghost" in err
+    report = summary(out)
+    assert (report["total"], report["extracted"], report["manifest_errors"]) == (4, 4, 1)
+    # all rows usable and every clip cached: 0
+    code, out, _ = run(str(synth_dataset), "--encoder", "prosody", *home)
+    assert code == 0 and summary(out)["failed"] == 0

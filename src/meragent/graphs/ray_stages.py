@@ -392,6 +392,8 @@ class EncoderStage:
     def _encode(
         self, modality: str, tool: Any, batch: dict[str, np.ndarray], clips: list[Clip]
     ) -> tuple[list[bytes], list[str]]:
+        from meragent.tools.modality_tools import encoder_source
+
         vectors: list[bytes] = [b""] * len(clips)
         errors: list[str] = [""] * len(clips)
         slot, cache = tool.encoder, tool.cache
@@ -400,9 +402,11 @@ class EncoderStage:
             item = _encoder_input(modality, batch, index, clip)
             if item is None:
                 continue  # the tool will not call its encoder for this clip
-            try:
-                if cache.has(slot.feature, clip.id):
-                    vectors[index] = array_bytes(cache.load(slot.feature, clip.id))
+            try:  # reused only when made from this clip's media (or text) by the same recipe
+                source = encoder_source(modality, clip, item if modality == "lexical" else None)
+                cached = cache.lookup(slot.feature, clip.id, source=source, recipe=slot.recipe)
+                if cached is not None:
+                    vectors[index] = array_bytes(cached)
                     continue
             except Exception as exc:  # an unreadable cached file fails the same way in-process
                 errors[index] = error_json(exc)

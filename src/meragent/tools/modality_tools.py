@@ -4,7 +4,8 @@ Each turns one modality of a decoded clip into a ``Clue``: a short factual text 
 reasoning LLM, six-class probabilities when a head (or the facial-expression model) gives them,
 and a reference to the clip's embedding in the feature cache (never the array itself). Models
 are held in ``Lazy`` holders, so nothing loads until the first clip that needs it, and a
-cached embedding (ours, or one extracted by MERTools) is reused instead of recomputed.
+cached embedding is reused instead of recomputed when it was made from this clip's media (or
+text) by the same model and recipe; a folder dropped in from MERTools is trusted as it is.
 
 A missing modality gives ``Clue.unavailable``; a clip that breaks one model (too short, corrupt
 frames) keeps whatever the other models found and records the error on the clue. Configuration
@@ -22,7 +23,7 @@ import numpy as np
 from meragent.data.media_types import DecodedMedia
 from meragent.errors import DataError, ModelLoadError
 from meragent.schema import EMOTIONS, Clip, Clue, Modality
-from meragent.tools.feature_cache import FeatureCache
+from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
 from meragent.tools.heads import EmotionHead
 from meragent.tools.lazy import Lazy
 from meragent.tools.prosody import describe_prosody, extract_prosody
@@ -43,14 +44,42 @@ def format_probs(probs: dict[str, float], top: int = 3) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in ranked)
 
 
+def prosody_recipe(sample_rate: int) -> FeatureRecipe:
+    """The prosody vector depends only on the rate of the waveform it is measured on."""
+    return FeatureRecipe("prosody", {"sample_rate": int(sample_rate)})
+
+
+def fer_recipe(model_path: str | None, frames: int | None, detector: str) -> FeatureRecipe:
+    return FeatureRecipe(model_path or "bundled:fer", {"frames": frames, "face_detector": detector})
+
+
 def cached_or_computed(
-    cache: FeatureCache, feature: str, clip_id: str, compute: Callable[[], np.ndarray]
+    cache: FeatureCache,
+    feature: str,
+    clip_id: str,
+    compute: Callable[[], np.ndarray],
+    *,
+    source: SourceStamp | None = None,
+    recipe: FeatureRecipe | None = None,
 ) -> tuple[np.ndarray, str]:
-    """The clip's vector from the cache, or computed now and written there; plus its path."""
-    if cache.has(feature, clip_id):
-        return cache.load(feature, clip_id), str(cache.path(feature, clip_id))
+    """The clip's vector from the cache, or computed now and written there; plus its path.
+
+    A cached vector is reused only when it was made from ``source`` (the clip's media files,
+    or the encoded text) by ``recipe``; otherwise it is recomputed and replaced.
+    """
+    cached = cache.lookup(feature, clip_id, source=source, recipe=recipe)
+    if cached is not None:
+        return cached, str(cache.path(feature, clip_id))
     vector = np.asarray(compute(), dtype=np.float32)
-    return vector, str(cache.save(feature, clip_id, vector))
+    return vector, str(cache.save(feature, clip_id, vector, source=source, recipe=recipe))
+
+
+def encoder_source(modality: str, clip: Clip, text: str | None = None) -> SourceStamp | None:
+    """What an encoder's vector for ``clip`` is computed from: the encoded text (lexical) or
+    the clip's media files (acoustic, visual; None for a clip without media)."""
+    if modality == Modality.LEXICAL.value:
+        return SourceStamp.of_text(text or "")
+    return SourceStamp.of_clip(clip)
 
 
 def head_probs(
@@ -70,6 +99,12 @@ class EncoderSlot:
     feature: str
     model_id: str
     head: Lazy[EmotionHead | None] | None = None
+    #: What the cache folder records as its producer (default: the model id alone).
+    recipe: FeatureRecipe | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe is None:
+            self.recipe = FeatureRecipe(self.model_id)
 
 
 @dataclass
@@ -98,7 +133,12 @@ class AcousticTool:
             texts.append("voice: " + describe_prosody(features))
             data["prosody"] = features.as_dict()
             _, feature_ref = cached_or_computed(
-                self.cache, PROSODY_FEATURE, clip.id, features.as_vector
+                self.cache,
+                PROSODY_FEATURE,
+                clip.id,
+                features.as_vector,
+                source=SourceStamp.of_clip(clip),
+                recipe=prosody_recipe(media.sample_rate),
             )
             data["prosody_ref"] = feature_ref
             if features.silent:
@@ -111,6 +151,8 @@ class AcousticTool:
                     slot.feature,
                     clip.id,
                     lambda: slot.model.get().encode(audio, media.sample_rate),
+                    source=SourceStamp.of_clip(clip),
+                    recipe=slot.recipe,
                 )
                 probs = head_probs(slot.head, vector)
             except ModelLoadError:
@@ -142,6 +184,7 @@ class VisualTool:
     encoder: EncoderSlot | None = None
     expression: Lazy[Any] | None = None
     name: str = "visual"
+    expression_recipe: FeatureRecipe | None = None
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
         from meragent.tools.faces import crop_faces
@@ -176,6 +219,8 @@ class VisualTool:
                     slot.feature,
                     clip.id,
                     lambda: slot.model.get().encode_clip(faces.crops),
+                    source=SourceStamp.of_clip(clip),
+                    recipe=slot.recipe,
                 )
                 encoded_probs = head_probs(slot.head, vector)
             except ModelLoadError:
@@ -221,7 +266,13 @@ class VisualTool:
         result = summarize_expressions(probs7)
         data["frame_probs"] = [[round(float(p), 4) for p in row] for row in result.frame_probs]
         data["frame_labels"] = [EMOTIONS[int(np.argmax(row))] for row in result.frame_probs]
-        path = self.cache.save(FER_FEATURE, clip.id, probs7.mean(axis=0))
+        path = self.cache.save(
+            FER_FEATURE,
+            clip.id,
+            probs7.mean(axis=0),
+            source=SourceStamp.of_clip(clip),
+            recipe=self.expression_recipe or fer_recipe(None, None, "unspecified"),
+        )
         return result.clip_probs, str(path)
 
 
@@ -250,6 +301,8 @@ class LexicalTool:
                     slot.feature,
                     clip.id,
                     lambda: slot.model.get().encode([subtitle])[0],
+                    source=SourceStamp.of_text(subtitle),
+                    recipe=slot.recipe,
                 )
                 probs = head_probs(slot.head, vector) if subtitle else None
             except ModelLoadError:

@@ -28,10 +28,18 @@ from typing import Any
 from meragent.config import RoleConfig, Settings
 from meragent.errors import ConfigError, ModelLoadError
 from meragent.tools.base import Describer, ModalityTool
-from meragent.tools.feature_cache import FeatureCache
+from meragent.tools.feature_cache import FeatureCache, FeatureRecipe
 from meragent.tools.heads import EmotionHead, head_exists, load_head
 from meragent.tools.lazy import Lazy, shared
-from meragent.tools.modality_tools import AcousticTool, EncoderSlot, LexicalTool, VisualTool
+from meragent.tools.modality_tools import (
+    PROSODY_FEATURE,
+    AcousticTool,
+    EncoderSlot,
+    LexicalTool,
+    VisualTool,
+    fer_recipe,
+    prosody_recipe,
+)
 from meragent.tools.model_source import resolve_model_source
 
 ACOUSTIC_BACKENDS = ("prosody", "hubert", "wav2vec2", "none")
@@ -73,7 +81,11 @@ def _require_model(role: str, config: RoleConfig) -> str:
 
 
 def feature_name_for(model: str, *, layers: int = 4, pooling: str = "mean") -> str:
-    """MERTools-style cache folder for a model: ``<model basename>-UTT`` (+ non-default recipe)."""
+    """MERTools-style cache folder for a model: ``<model basename>-UTT`` (+ non-default recipe).
+
+    Two models with the same basename (``/runs/a/final``, ``/runs/b/final``) get the same name;
+    the folder's recorded recipe (see ``feature_cache``) turns the second into a clear error.
+    """
     if model in BUNDLED_FEATURE_NAMES:
         return BUNDLED_FEATURE_NAMES[model]
     base = Path(model.rstrip("/\\")).name or model
@@ -88,6 +100,34 @@ def feature_name_for(model: str, *, layers: int = 4, pooling: str = "mean") -> s
 
 def role_feature_name(config: RoleConfig, model: str, **recipe: Any) -> str:
     return str(config.options.get("feature_name") or feature_name_for(model, **recipe))
+
+
+def model_identity(role: str, model: str) -> str:
+    """What a feature folder records as its model: the hub id, resolved local path or bundle."""
+    return model if model.startswith("bundled:") else resolve_model_source(role, model)
+
+
+def detector_identity(yunet_onnx: str | None) -> str:
+    """The face detector that picks the crops: a YuNet file (resolved) or OpenCV's Haar cascade."""
+    return str(Path(yunet_onnx).expanduser().resolve()) if yunet_onnx else "haar-cascade"
+
+
+def acoustic_recipe(model: str, *, layers: int, pooling: str, chunk_s: float) -> FeatureRecipe:
+    """Speech encoders always take 16 kHz audio, so the rate is not part of the recipe."""
+    identity = model_identity("acoustic_encoder", model)
+    return FeatureRecipe(identity, {"layers": layers, "pooling": pooling, "chunk_s": chunk_s})
+
+
+def clip_recipe(model: str, *, frames: int, detector: str) -> FeatureRecipe:
+    identity = model_identity("visual_encoder", model)
+    return FeatureRecipe(identity, {"frames": frames, "face_detector": detector})
+
+
+def text_recipe(backend: str, model: str, *, layers: int) -> FeatureRecipe:
+    settings: dict[str, Any] = {"backend": backend}
+    if backend == "hf":  # sentence-transformers models pool their own way, whatever the depth
+        settings["layers"] = layers
+    return FeatureRecipe(model_identity("text_encoder", model), settings, input="text")
 
 
 def head_holder(settings: Settings, config: RoleConfig, feature: str) -> Lazy[EmotionHead | None]:
@@ -111,6 +151,8 @@ def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool
     config = settings.role("acoustic_encoder")
     backend = _check_backend("acoustic_encoder", config, ACOUSTIC_BACKENDS)
     if backend in ("prosody", "none"):
+        if backend == "prosody":
+            cache.check_recipe(PROSODY_FEATURE, prosody_recipe(settings.sample_rate))
         return AcousticTool(cache=cache, encoder=None, prosody=backend == "prosody")
     model = _require_model("acoustic_encoder", config)
     options = config.options
@@ -119,6 +161,11 @@ def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool
     chunk_s = float(options.get("chunk_s", 10.0))
     dtype = str(options.get("dtype", "float32"))
     feature = role_feature_name(config, model, layers=layers, pooling=pooling)
+    recipe = acoustic_recipe(model, layers=layers, pooling=pooling, chunk_s=chunk_s)
+    cache.check_recipe(feature, recipe)  # a folder of another model fails now, not per clip
+    prosody = bool(options.get("prosody", True))
+    if prosody:
+        cache.check_recipe(PROSODY_FEATURE, prosody_recipe(settings.sample_rate))
 
     def load() -> Any:
         from meragent.tools.acoustic_encoder import load_acoustic_encoder
@@ -133,11 +180,14 @@ def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool
         )
 
     key = ("acoustic", model, layers, pooling, chunk_s, dtype, settings.device)
-    slot = EncoderSlot(shared(key, load), feature, model, head_holder(settings, config, feature))
-    return AcousticTool(cache=cache, encoder=slot, prosody=bool(options.get("prosody", True)))
+    slot = EncoderSlot(
+        shared(key, load), feature, model, head_holder(settings, config, feature), recipe=recipe
+    )
+    return AcousticTool(cache=cache, encoder=slot, prosody=prosody)
 
 
-def _yunet_path(settings: Settings) -> str | None:
+def yunet_path(settings: Settings) -> str | None:
+    """The profile's YuNet face-detector file (set on either visual role), if any."""
     for role in ("visual_encoder", "facial_expression"):
         value = settings.role(role).options.get("yunet_onnx")
         if value:
@@ -150,7 +200,7 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
     expression = settings.role("facial_expression")
     _check_backend("visual_encoder", visual, VISUAL_BACKENDS)
     _check_backend("facial_expression", expression, EXPRESSION_BACKENDS)
-    yunet = _yunet_path(settings)
+    yunet = yunet_path(settings)
     if yunet and not Path(yunet).expanduser().is_file():
         raise ModelLoadError("face_detector", yunet, "path does not exist")
 
@@ -166,6 +216,8 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
         model = _require_model("visual_encoder", visual)
         dtype = str(visual.options.get("dtype", "float32"))
         feature = role_feature_name(visual, model)
+        recipe = clip_recipe(model, frames=settings.num_frames, detector=detector_identity(yunet))
+        cache.check_recipe(feature, recipe)
 
         def load_clip() -> Any:
             from meragent.tools.clip_encoder import load_clip_encoder
@@ -173,8 +225,10 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
             return load_clip_encoder(model, device=_device(settings), dtype=dtype)
 
         holder = shared(("clip", model, dtype, settings.device), load_clip)
-        slot = EncoderSlot(holder, feature, model, head_holder(settings, visual, feature))
+        head = head_holder(settings, visual, feature)
+        slot = EncoderSlot(holder, feature, model, head, recipe=recipe)
     fer: Lazy[Any] | None = None
+    expression_recipe: FeatureRecipe | None = None
     if expression.backend == "fer":
         fer_path = expression.model
         if fer_path and not Path(fer_path).expanduser().is_file():
@@ -186,7 +240,18 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
             return load_fer_classifier(fer_path)
 
         fer = shared(("fer", fer_path), load_fer)
-    return VisualTool(cache=cache, detector=detector, encoder=slot, expression=fer)
+        expression_recipe = fer_recipe(
+            str(Path(fer_path).expanduser().resolve()) if fer_path else None,
+            settings.num_frames,
+            detector_identity(yunet),
+        )
+    return VisualTool(
+        cache=cache,
+        detector=detector,
+        encoder=slot,
+        expression=fer,
+        expression_recipe=expression_recipe,
+    )
 
 
 def build_lexical_tool(settings: Settings, cache: FeatureCache) -> LexicalTool:
@@ -201,6 +266,8 @@ def build_lexical_tool(settings: Settings, cache: FeatureCache) -> LexicalTool:
             model = _require_model("text_encoder", RoleConfig(backend=text_backend, model=model))
         layers = int(text.options.get("layers", 4))
         feature = role_feature_name(text, model, layers=layers)
+        recipe = text_recipe(text_backend, model, layers=layers)
+        cache.check_recipe(feature, recipe)
 
         def load_text() -> Any:
             from meragent.tools.text_encoder import load_text_encoder
@@ -208,7 +275,8 @@ def build_lexical_tool(settings: Settings, cache: FeatureCache) -> LexicalTool:
             return load_text_encoder(text_backend, model, device=_device(settings), layers=layers)
 
         holder = shared(("text", text_backend, model, layers, settings.device), load_text)
-        slot = EncoderSlot(holder, feature, model, head_holder(settings, text, feature))
+        head = head_holder(settings, text, feature)
+        slot = EncoderSlot(holder, feature, model, head, recipe=recipe)
     recognizer: Lazy[Any] | None = None
     if asr_backend != "none":
         asr_model = _require_model("asr", asr)
