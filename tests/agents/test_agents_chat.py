@@ -1,4 +1,8 @@
-"""RoleChat policy (retries, backoff, timeout, tally) and the chat-model factory."""
+"""RoleChat policy (retries, backoff, timeout, tally) and the chat-model factory.
+
+The retry policy is LangChain's ``with_retry``; its waits go through ``time.sleep``, which the
+tests replace with a recorder (``sleeps``) so backoff is checked without waiting.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from http_double import scripted_server
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
@@ -26,20 +31,20 @@ from meragent.graphs.fakes import ScriptedChatModel
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
 
 
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff waits the retry policy asked for (none actually waited)."""
+    waited: list[float] = []
+    monkeypatch.setattr("tenacity.nap.time.sleep", waited.append)
+    return waited
+
+
 def _chat(model: Any, *, retries: int = 2, timeout: float | None = None, **kw: Any) -> RoleChat:
-    sleeps: list[float] = []
-    chat = RoleChat(
-        "reasoning",
-        model,
-        policy=CallPolicy(timeout_s=timeout, max_retries=retries, backoff_s=0.5, jitter=0.0),
-        sleep=sleeps.append,
-        **kw,
-    )
-    chat.sleeps = sleeps  # type: ignore[attr-defined]
-    return chat
+    policy = CallPolicy(timeout_s=timeout, max_retries=retries, backoff_s=0.5, jitter_s=0.0)
+    return RoleChat("reasoning", model, policy=policy, **kw)
 
 
-def test_transient_failures_are_retried_with_exponential_backoff() -> None:
+def test_transient_failures_are_retried_with_exponential_backoff(sleeps: list[float]) -> None:
     model = ScriptedChatModel(reply=lambda _: "fine", fail_first=2)
     tally = UsageTally()
     chat = _chat(model, tally=tally)
@@ -47,7 +52,7 @@ def test_transient_failures_are_retried_with_exponential_backoff() -> None:
     assert reply.text == "fine"
     assert reply.retries == 2
     assert model.calls == 3
-    assert chat.sleeps == [0.5, 1.0]  # type: ignore[attr-defined]
+    assert sleeps == [0.5, 1.0]
     usage = tally.as_dict()["reasoning"]
     assert usage["calls"] == 1 and usage["retries"] == 2 and usage["failures"] == 0
     assert usage["input_tokens"] == 4  # "be brief" + "hi there"
@@ -67,7 +72,7 @@ def test_retries_are_bounded_then_a_chat_call_error() -> None:
     assert tally.as_dict()["reasoning"]["failures"] == 1
 
 
-def test_a_non_transient_error_is_not_retried() -> None:
+def test_a_non_transient_error_is_not_retried(sleeps: list[float]) -> None:
     def broken(_: Any) -> str:
         raise ValueError("bad request")
 
@@ -76,7 +81,7 @@ def test_a_non_transient_error_is_not_retried() -> None:
     with pytest.raises(ChatCallError, match="ValueError: bad request"):
         chat.invoke(MESSAGES)
     assert model.calls == 1
-    assert chat.sleeps == []  # type: ignore[attr-defined]
+    assert sleeps == []
 
 
 def test_a_slow_call_times_out_and_is_retried() -> None:
@@ -84,9 +89,8 @@ def test_a_slow_call_times_out_and_is_retried() -> None:
     chat = _chat(model, retries=1, timeout=0.05)
     with pytest.raises(ChatCallError) as caught:
         chat.invoke(MESSAGES)
-    assert isinstance(caught.value.__cause__, ChatTimeoutError)
-    assert caught.value.retries == 1
-    assert "no answer within 0.05 s" in str(caught.value)
+    assert caught.value.transient and caught.value.retries == 1
+    assert f"{ChatTimeoutError.__name__}: no answer within 0.05 s" in str(caught.value)
 
 
 def test_cost_is_tallied_from_usage_metadata_and_prices() -> None:
@@ -106,9 +110,37 @@ def test_cost_is_tallied_from_usage_metadata_and_prices() -> None:
     assert tally.total_tokens() == 3000
 
 
-def test_backoff_is_capped() -> None:
-    policy = CallPolicy(backoff_s=1.0, backoff_max_s=3.0, jitter=0.0)
-    assert [policy.delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 3.0]
+def test_backoff_is_capped(sleeps: list[float]) -> None:
+    policy = CallPolicy(max_retries=4, backoff_s=1.0, backoff_max_s=3.0, jitter_s=0.0)
+    chat = RoleChat("reasoning", ScriptedChatModel(fail_first=100), policy=policy)
+    with pytest.raises(ChatCallError):
+        chat.invoke(MESSAGES)
+    assert sleeps == [1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("failure", ["garbage", "500"])
+def test_a_garbage_body_gets_the_same_attempts_as_an_http_500(failure: str) -> None:
+    # Before: the client raised JSONDecodeError for a garbage body (tried once) while a 500
+    # was retried. Both say "the server misbehaved this time", so both get every attempt.
+    with scripted_server(failure) as server:
+        settings = load_settings(llm_base_url=server.url, llm_timeout_s=5.0)
+        model = make_chat_model(RoleConfig(backend="openai", model="m"), settings)
+        chat = RoleChat("reasoning", model, policy=CallPolicy(max_retries=2, backoff_s=0.01))
+        with pytest.raises(ChatCallError) as caught:
+            chat.invoke(MESSAGES)
+    assert len(server.requests) == 3
+    assert caught.value.retries == 2 and caught.value.transient
+    assert "failed after 3 attempt(s)" in str(caught.value)
+
+
+def test_one_garbage_body_then_a_good_reply_succeeds_on_the_retry() -> None:
+    with scripted_server("garbage", "ok") as server:
+        settings = load_settings(llm_base_url=server.url, llm_timeout_s=5.0)
+        model = make_chat_model(RoleConfig(backend="openai", model="m"), settings)
+        chat = RoleChat("reasoning", model, policy=CallPolicy(max_retries=1, backoff_s=0.01))
+        reply = chat.invoke(MESSAGES)
+    assert reply.retries == 1 and "Answer: neutral" in reply.text
+    assert len(server.requests) == 2
 
 
 def test_openai_backend_builds_a_chat_openai_without_client_retries(
@@ -149,10 +181,13 @@ def test_factory_errors_name_the_role() -> None:
 
 def test_policy_for_reads_settings_and_role_options() -> None:
     settings = load_settings(llm_timeout_s=30.0, llm_max_retries=4)
+    # ChatOpenAI enforces the timeout itself: no second, thread-abandoning one on top.
     remote = policy_for(RoleConfig(backend="openai", model="m"), settings)
-    assert (remote.timeout_s, remote.max_retries) == (30.0, 4)
+    assert (remote.timeout_s, remote.max_retries) == (None, 4)
     local = policy_for(RoleConfig(backend="local", model="m", options={"max_retries": 0}), settings)
     assert (local.timeout_s, local.max_retries) == (None, 0)
+    other = policy_for(RoleConfig(backend="custom", model="m"), settings)
+    assert other.timeout_s == 30.0
 
 
 def _tiny_lm(out: Path) -> Path:

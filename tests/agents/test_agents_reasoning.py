@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from http_double import scripted_server
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
-from meragent.agents.chat import CallPolicy, ChatCallError, RoleChat
+from meragent.agents.chat import CallPolicy, ChatCallError, RoleChat, make_chat_model
 from meragent.agents.prompts import (
     MAX_CLUE_CHARS,
     available_modalities,
@@ -21,6 +22,7 @@ from meragent.agents.reasoning import (
     parse_reasoning_text,
     reason,
 )
+from meragent.config import RoleConfig, load_settings
 from meragent.schema import Clue, Modality
 
 CLUES = [
@@ -171,7 +173,7 @@ def test_structured_answer_outside_the_six_is_parsed_best_effort() -> None:
     assert '"terrified"' in result.raw
 
 
-def test_a_server_rejecting_schemas_falls_back_to_text_once() -> None:
+def test_a_server_rejecting_a_schema_falls_back_to_text_for_that_call() -> None:
     class RejectsSchemas(ToolCallingFake):
         def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
             if getattr(self, "_rejected", False):
@@ -184,7 +186,42 @@ def test_a_server_rejecting_schemas_falls_back_to_text_once() -> None:
     result = reason(chat, CLUES)
     assert (result.choice, result.structured) == ("sad", False)
     assert result.flags == ["structured_unsupported"]
-    assert chat.supports_structured_output() is False
+    assert chat.supports_structured_output() is True  # the next call tries the schema again
+
+
+def _served_chat(url: str, *, retries: int) -> RoleChat:
+    settings = load_settings(llm_base_url=url, llm_timeout_s=5.0)
+    model = make_chat_model(RoleConfig(backend="openai", model="m"), settings)
+    return RoleChat("reasoning", model, policy=CallPolicy(max_retries=retries, backoff_s=0.01))
+
+
+def _schema_sent(request: dict[str, Any]) -> bool:
+    return request["body"].get("response_format", {}).get("type") == "json_schema"
+
+
+def test_one_garbage_reply_does_not_turn_off_structured_output_for_later_calls() -> None:
+    # Before: the garbage body (JSONDecodeError) switched the process to plain text for good.
+    with scripted_server("garbage", "json", "json") as server:
+        chat = _served_chat(server.url, retries=1)
+        first, second = reason(chat, CLUES), reason(chat, CLUES)
+    assert len(server.requests) == 3
+    assert all(_schema_sent(request) for request in server.requests)
+    assert (first.structured, first.retries, first.choice) == (True, 1, "happy")
+    assert (second.structured, second.retries, second.choice) == (True, 0, "happy")
+
+
+def test_unparsable_content_and_a_rejected_schema_fall_back_per_call_only() -> None:
+    # Content that is not the schema's JSON fails validation inside ChatOpenAI; before, that
+    # too switched every later call of the process to plain text.
+    script = ("text:%%% lorem ipsum", "ok", "400", "ok", "json")
+    with scripted_server(*script) as server:
+        chat = _served_chat(server.url, retries=0)
+        garbled, rejected, later = (reason(chat, CLUES) for _ in range(3))
+    for fallback in (garbled, rejected):
+        assert (fallback.structured, fallback.choice) == (False, "neutral")
+        assert fallback.flags == ["structured_unsupported"]
+    assert (later.structured, later.choice, later.flags) == (True, "happy", [])
+    assert [_schema_sent(r) for r in server.requests] == [True, False, True, False, True]
 
 
 def test_a_down_server_is_an_error_not_a_format_fallback() -> None:

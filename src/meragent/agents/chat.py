@@ -2,14 +2,16 @@
 
 Backends are looked up by name in a small registry: ``openai`` (any OpenAI-compatible server:
 vLLM, llama.cpp server, Ollama, OpenAI) and ``local`` (an in-process causal LM, optionally with a
-LoRA adapter). Every call the graph makes goes through :class:`RoleChat`, which adds a timeout,
-bounded retries with exponential backoff and a per-run token/cost tally, so the same policy
-applies to every backend and fakes can exercise it.
+LoRA adapter). Every call the graph makes goes through :class:`RoleChat`, which applies one
+retry policy (LangChain's ``Runnable.with_retry``: the same bounded attempts and exponential
+backoff for every transient failure, a garbage body as much as an HTTP 500) and a per-run
+token/cost tally, so the same policy applies to every backend and fakes can exercise it.
+A failed call's message is scrubbed of secrets: servers echo the Authorization header.
 """
 
 from __future__ import annotations
 
-import random
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +22,12 @@ from pydantic import BaseModel
 
 from meragent.config import RoleConfig, Settings
 from meragent.errors import ConfigError, LLMError
+from meragent.secrets import register_secret, scrub
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage, BaseMessage
+    from langchain_core.runnables import Runnable
 
 #: A backend factory builds a chat model for one role (``role_name`` is for error messages).
 ChatBackendFactory = Callable[[str, RoleConfig, Settings], "BaseChatModel"]
@@ -43,6 +47,7 @@ def _openai_chat(role_name: str, role: RoleConfig, settings: Settings) -> BaseCh
         raise ConfigError(f"role {role_name}: backend 'openai' needs a model name")
     base_url = role.options.get("base_url") or settings.llm_base_url
     api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    register_secret(api_key)  # whatever the server echoes back, the key is not shown
     if base_url is None and api_key is None:
         raise ConfigError(
             f"role {role_name}: backend 'openai' needs MERAGENT_LLM_BASE_URL (a vLLM/llama.cpp/"
@@ -53,8 +58,10 @@ def _openai_chat(role_name: str, role: RoleConfig, settings: Settings) -> BaseCh
         "base_url": base_url,
         # Local servers ignore the key but the client insists on one.
         "api_key": api_key or "not-needed",
-        "timeout": settings.llm_timeout_s,
-        # RoleChat retries with backoff; client retries on top would multiply the attempts.
+        # The client's own timeout bounds each attempt (no thread is abandoned on the way).
+        "timeout": float(role.options.get("timeout_s", settings.llm_timeout_s)),
+        # RoleChat retries every transient failure the same way; client retries on top would
+        # multiply the attempts of some failures (HTTP 500) and not others (a garbage body).
         "max_retries": 0,
         "temperature": float(role.options.get("temperature", 0.0)),
         # transformers serve answers only as an event stream; env values arrive as strings.
@@ -62,6 +69,10 @@ def _openai_chat(role_name: str, role: RoleConfig, settings: Settings) -> BaseCh
     }
     if "max_new_tokens" in role.options or "max_tokens" in role.options:
         kwargs["max_tokens"] = int(role.options.get("max_tokens", role.options["max_new_tokens"]))
+        if base_url is not None:
+            # LangChain sends the cap as max_completion_tokens only, which Ollama and
+            # transformers serve ignore (unbounded replies); self-hosted servers read max_tokens.
+            kwargs["extra_body"] = {"max_tokens": kwargs["max_tokens"]}
     return ChatOpenAI(**kwargs)
 
 
@@ -126,25 +137,37 @@ def model_id_of(model: Any) -> str:
 
 @dataclass(frozen=True)
 class CallPolicy:
-    """How long one attempt may take and how often (and how patiently) to retry."""
+    """How often (and how patiently) to retry, and an optional per-attempt time limit.
 
-    timeout_s: float | None = 120.0
+    ``timeout_s`` is for models without a timeout of their own (test doubles): ``ChatOpenAI``
+    enforces ``llm_timeout_s`` itself and a local model is bounded by ``max_new_tokens``.
+    """
+
+    timeout_s: float | None = None
     max_retries: int = 2
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
-    jitter: float = 0.1
+    jitter_s: float = 0.1
 
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff before retry number ``attempt`` (1-based), lightly jittered."""
-        base = min(self.backoff_max_s, self.backoff_s * (2 ** (attempt - 1)))
-        return base * (1.0 + self.jitter * random.random())
+    def retrying(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
+        """``runnable`` with this policy: transient failures retried with exponential backoff."""
+        return runnable.with_retry(
+            retry_if_exception_type=is_retryable,
+            stop_after_attempt=self.max_retries + 1,
+            wait_exponential_jitter=self.backoff_s > 0,
+            exponential_jitter_params={
+                "initial": self.backoff_s,
+                "max": self.backoff_max_s,
+                "jitter": self.jitter_s,
+            },
+        )
 
 
 def policy_for(role: RoleConfig, settings: Settings) -> CallPolicy:
-    """The call policy of a role: settings' timeout/retries, overridable in the role's options."""
-    # A local model cannot be interrupted mid-generation; max_new_tokens bounds it instead.
-    default_timeout = None if role.backend == "local" else settings.llm_timeout_s
-    timeout = role.options.get("timeout_s", default_timeout)
+    """The call policy of a role: settings' retries, overridable in the role's options."""
+    # Both real backends bound an attempt themselves (see CallPolicy); a role may still ask.
+    own_timeout = role.backend in ("openai", "local")
+    timeout = None if own_timeout else role.options.get("timeout_s", settings.llm_timeout_s)
     return CallPolicy(
         timeout_s=None if timeout is None else float(timeout),
         max_retries=int(role.options.get("max_retries", settings.llm_max_retries)),
@@ -212,16 +235,25 @@ class ChatTimeoutError(TimeoutError):
 
 
 class ChatCallError(LLMError):
-    """A role's call failed for good; ``retries`` says how many retries were spent first."""
+    """A role's call failed for good; ``retries`` says how many retries were spent first.
 
-    def __init__(self, message: str, *, retries: int) -> None:
-        super().__init__(message)
+    ``transient`` says whether the last failure was a transient one (the server is down, slow
+    or garbled) rather than a rejected request. The message is scrubbed of secrets and the
+    original exception is not chained: its text may hold an echoed API key.
+    """
+
+    def __init__(self, message: str, *, retries: int, transient: bool = False) -> None:
+        super().__init__(scrub(message))
         self.retries = retries
+        self.transient = transient
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Transient failures (timeouts, connection errors, 429, 5xx) are retried; others are not."""
-    if isinstance(exc, TimeoutError | ConnectionError):
+    """Transient failures (timeouts, connection errors, 429, 5xx, a body that is not JSON)."""
+    # A garbage HTTP body surfaces as JSONDecodeError from the client: the server misbehaved
+    # once, like a 500, so it gets the same attempts. (Unparsable *content* in a well-formed
+    # reply is not an exception: structured output reports it as a parsing error.)
+    if isinstance(exc, TimeoutError | ConnectionError | json.JSONDecodeError):
         return True
     if getattr(exc, "is_retryable", False) is True:  # langchain-core's ModelError family
         return True
@@ -229,7 +261,12 @@ def is_retryable(exc: BaseException) -> bool:
         import openai
     except ImportError:  # pragma: no cover - openai ships with langchain-openai
         return False
-    transient = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+    transient = (
+        openai.APIConnectionError,  # includes APITimeoutError
+        openai.RateLimitError,
+        openai.InternalServerError,
+        openai.APIResponseValidationError,
+    )
     return isinstance(exc, transient)
 
 
@@ -312,7 +349,6 @@ class RoleChat:
         policy: CallPolicy | None = None,
         tally: UsageTally | None = None,
         prices: tuple[float, float] = (0.0, 0.0),
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.role = role
         self.model = model
@@ -320,29 +356,32 @@ class RoleChat:
         self.policy = policy or CallPolicy()
         self.tally = tally
         self.prices = prices
-        self._sleep = sleep
         self._structured_ok: bool | None = None
 
     def _attempts(self, func: Callable[[], Any]) -> tuple[Any, int, float]:
-        """Call ``func`` until it succeeds or the retries run out; return (value, retries, s)."""
+        """Call ``func`` under the retry policy; return (value, retries, seconds)."""
+        from langchain_core.runnables import RunnableLambda
+
         started = time.perf_counter()
-        retries = 0
-        while True:
-            try:
-                value = _call_with_timeout(func, self.policy.timeout_s)
-                return value, retries, time.perf_counter() - started
-            except Exception as exc:
-                if not is_retryable(exc) or retries >= self.policy.max_retries:
-                    elapsed = time.perf_counter() - started
-                    self._count(None, retries, elapsed, failed=True)
-                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    raise ChatCallError(
-                        f"{self.role} ({self.model_id}) failed after {retries + 1} attempt(s): "
-                        f"{reason}",
-                        retries=retries,
-                    ) from exc
-                retries += 1
-                self._sleep(self.policy.delay(retries))
+        attempts = 0
+
+        def attempt(_: object) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return _call_with_timeout(func, self.policy.timeout_s)
+
+        try:
+            value = self.policy.retrying(RunnableLambda(attempt)).invoke(None)
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            self._count(None, attempts - 1, elapsed, failed=True)
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise ChatCallError(
+                f"{self.role} ({self.model_id}) failed after {attempts} attempt(s): {reason}",
+                retries=attempts - 1,
+                transient=is_retryable(exc),
+            ) from None
+        return value, attempts - 1, time.perf_counter() - started
 
     def _count(
         self, usage: dict[str, Any] | None, retries: int, latency: float, *, failed: bool
@@ -384,10 +423,6 @@ class RoleChat:
             except (NotImplementedError, ValueError, TypeError):
                 self._structured_ok = False
         return self._structured_ok
-
-    def disable_structured_output(self) -> None:
-        """Stop trying the schema route (the server rejected it once)."""
-        self._structured_ok = False
 
     def invoke_structured(self, messages: MessageDicts, schema: type[BaseModel]) -> StructuredReply:
         """Ask for ``schema`` via the model's tool/JSON-schema support; keep the raw reply."""

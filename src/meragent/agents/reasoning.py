@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from meragent.agents.chat import ChatCallError, RoleChat, is_retryable
+from meragent.agents.chat import ChatCallError, RoleChat
 from meragent.agents.prompts import SIX_CLASS_LIST, available_modalities, reasoning_messages
 from meragent.schema import EMOTION_ALIASES, EMOTIONS, Clue
 
@@ -206,14 +206,17 @@ def fallback_description(clues: Sequence[Clue]) -> str:
 
 
 def _ask_structured(chat: RoleChat, clues: Sequence[Clue]) -> ReasoningResult | None:
-    """The schema route; None when the server rejects schemas (then plain text is used)."""
+    """The schema route; None when the server rejects this request's schema (use plain text).
+
+    The fallback is for this call only: one odd reply says nothing about the next request, and
+    a process that stopped sending schemas would silently answer worse for every later clip.
+    """
     messages = reasoning_messages(clues, structured=True)
     try:
         answer = chat.invoke_structured(messages, SixClassAnswer)
     except ChatCallError as exc:
-        if exc.__cause__ is None or is_retryable(exc.__cause__):
-            raise  # the server is down or slow: that is the clip's error, not a format problem
-        chat.disable_structured_output()
+        if exc.transient:
+            raise  # the server is down, slow or garbled: the clip's error, not a format problem
         return None
     reply = answer.raw
     flags: list[str] = []
