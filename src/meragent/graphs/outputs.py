@@ -151,6 +151,8 @@ def aggregate_metrics(
         from meragent.graphs.runtime import describe_grouper
 
         grouper = grouper if grouper is not None else IdentityGrouper()
+        fresh = getattr(grouper, "fresh", None)  # unfitted: every label fitted at once, as eval
+        grouper = fresh() if callable(fresh) else grouper
         metrics["ov"] = {
             **score_ov(ov_true, ov_pred, grouper).model_dump(mode="json"),
             "grouper": describe_grouper(grouper),

@@ -20,6 +20,7 @@ from typing import Any
 from meragent.agents.chat import RoleChat, UsageTally, make_chat_model, policy_for
 from meragent.config import RoleConfig, Settings
 from meragent.graphs.media_cache import MediaDecoder, default_decoder
+from meragent.tools.lazy import Lazy
 
 #: Set to 1 to run the pipeline on fakes (subprocess tests, benchmark): no weights, no decoding.
 FAKE_RUNTIME_ENV = "MERAGENT_FAKE_RUNTIME"
@@ -161,6 +162,8 @@ class ProfileGrouper:
 
     Built lazily so a run without open-set ground truth never loads the grouper's encoder; the
     lock because the evaluator nodes of parallel clips share it and fitting mutates it.
+    :meth:`fresh` gives an unfitted copy (sharing the loaded encoder), so ``metrics.json`` fits
+    every label at once, exactly as ``meragent eval ov`` does on the submission file.
     """
 
     def __init__(self, name: str, options: dict[str, Any], build: Callable[[], Any]) -> None:
@@ -169,6 +172,9 @@ class ProfileGrouper:
         self._build = build
         self._inner: Any = None
         self._lock = threading.Lock()
+
+    def fresh(self) -> ProfileGrouper:
+        return ProfileGrouper(self.name, self.options, self._build)
 
     def describe(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.options.items()}
@@ -202,19 +208,27 @@ def profile_grouper(settings: Settings) -> Any:
         known = ", ".join(available_groupers())
         raise ConfigError(f"profile grouper {backend!r} is unknown (known: {known})")
     options = grouper_options(role)
-    return ProfileGrouper(backend, options, lambda: _build_grouper(backend, options, settings))
+    encoder = Lazy(lambda: _load_grouper_encoder(options))  # shared by every fresh copy
+    return ProfileGrouper(
+        backend, options, lambda: _build_grouper(backend, options, settings, encoder)
+    )
 
 
-def _build_grouper(backend: str, options: dict[str, Any], settings: Settings) -> Any:
+def _load_grouper_encoder(options: dict[str, Any]) -> Any:
+    from meragent.tools.sentence_encoder import load_sentence_encoder
+
+    return load_sentence_encoder(str(options["encoder"]), device="cpu")
+
+
+def _build_grouper(
+    backend: str, options: dict[str, Any], settings: Settings, encoder: Lazy[Any]
+) -> Any:
     from meragent.errors import ConfigError
     from meragent.eval.grouping import get_grouper
 
     if backend == "embedding":
-        from meragent.tools.sentence_encoder import load_sentence_encoder
-
-        encoder = load_sentence_encoder(str(options["encoder"]), device="cpu")
         rest = {k: v for k, v in options.items() if k != "encoder"}
-        return get_grouper("embedding", encoder=encoder, **rest)
+        return get_grouper("embedding", encoder=encoder.get(), **rest)
     if backend == "cached":
         if not options.get("path"):
             raise ConfigError("profile grouper 'cached' needs model = PATH of a groups JSON file")
