@@ -73,7 +73,7 @@ def _print_summary(summary: BatchSummary) -> None:
         f"run {summary.run_name}: {summary.n_ok} ok, {summary.n_degraded} degraded, "
         f"{summary.n_failed} failed, {summary.n_skipped} already done, "
         f"{summary.n_row_errors} bad manifest rows ({summary.n_done} clips in "
-        f"{summary.throughput.seconds:.1f} s: {summary.clips_per_s:.2f} clips/s; "
+        f"{summary.throughput.seconds:.2f} s: {summary.clips_per_s:.2f} clips/s; "
         f"{summary.elapsed_s:.1f} s in all)"
     )
     outputs = summary.outputs
