@@ -3,7 +3,10 @@
 An encoder is named by a modality of the profile (``acoustic``, ``visual``, ``lexical``), by a
 bundled model (``prosody``, ``fer``, ``minilm``), or explicitly as ``KIND:MODEL`` with KIND one
 of ``hubert``, ``wav2vec2``, ``clip``, ``hf``, ``minilm`` (e.g.
-``hubert:TencentGameMate/chinese-hubert-large``). Clips already in the cache are skipped; the
+``hubert:TencentGameMate/chinese-hubert-large``). Clips already in the cache are skipped when
+their vector was made from the same media file (path, size, mtime) or subtitle by the same
+model and recipe (see ``feature_cache``; a MER-NOISE copy of a clip is another file, so it is
+recomputed, and a folder made by another model is refused with both named); the
 rest are decoded, grouped ``batch_size`` at a time into shared forward passes, and saved one
 ``.npy`` each. A clip that fails (unreadable file, no audio, too short) is recorded and the run
 goes on; a batch that fails is retried clip by clip so one bad clip cannot sink its neighbours.
@@ -26,10 +29,24 @@ import numpy as np
 from meragent.config import RoleConfig, Settings
 from meragent.errors import ConfigError, DataError, MeragentError
 from meragent.schema import Clip, ClipFailure
-from meragent.tools.feature_cache import FeatureCache
-from meragent.tools.modality_tools import FER_FEATURE, PROSODY_FEATURE
+from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
+from meragent.tools.modality_tools import (
+    FER_FEATURE,
+    PROSODY_FEATURE,
+    encoder_source,
+    fer_recipe,
+    prosody_recipe,
+)
 from meragent.tools.model_source import first_line, resolve_device
-from meragent.tools.registry import feature_name_for, role_feature_name
+from meragent.tools.registry import (
+    acoustic_recipe,
+    clip_recipe,
+    detector_identity,
+    feature_name_for,
+    role_feature_name,
+    text_recipe,
+    yunet_path,
+)
 
 EXPLICIT_KINDS = ("hubert", "wav2vec2", "clip", "hf", "minilm")
 NAMED_ENCODERS = ("acoustic", "visual", "lexical", "prosody", "fer", "minilm")
@@ -48,6 +65,8 @@ class ExtractReport:
     total: int
     cached: int
     extracted: int
+    #: Clips whose cached vector was made from other media (or an older file) and was redone.
+    stale: int = 0
     failures: list[ClipFailure] = field(default_factory=list)
     manifest_errors: list[str] = field(default_factory=list)
     failures_path: Path | None = None
@@ -61,6 +80,7 @@ class Extractor:
     model_id: str
     needs: str  # "audio" | "frames" | "text"
     encode_batch: Callable[[list[Any]], list[np.ndarray]]
+    recipe: FeatureRecipe
 
 
 def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str) -> Extractor:
@@ -68,19 +88,25 @@ def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str
 
     layers = int(options.get("layers", 4))
     pooling = str(options.get("pooling", "mean"))
+    chunk_s = float(options.get("chunk_s", 10.0))
+    recipe = acoustic_recipe(model, layers=layers, pooling=pooling, chunk_s=chunk_s)
     encoder = load_acoustic_encoder(
         model,
         device=device,
         layers=layers,
         pooling=pooling,
-        chunk_s=float(options.get("chunk_s", 10.0)),
+        chunk_s=chunk_s,
         dtype=str(options.get("dtype", "float32")),
     )
     feature = str(
         options.get("feature_name") or feature_name_for(model, layers=layers, pooling=pooling)
     )
     return Extractor(
-        feature, model, "audio", lambda audios: encoder.encode_many(audios, batch_size=len(audios))
+        feature,
+        model,
+        "audio",
+        lambda audios: encoder.encode_many(audios, batch_size=len(audios)),
+        recipe,
     )
 
 
@@ -90,30 +116,37 @@ def _prosody_extractor() -> Extractor:
     def encode(audios: list[np.ndarray]) -> list[np.ndarray]:
         return [extract_prosody(audio, AUDIO_RATE).as_vector() for audio in audios]
 
-    return Extractor(PROSODY_FEATURE, "prosody", "audio", encode)
+    return Extractor(PROSODY_FEATURE, "prosody", "audio", encode, prosody_recipe(AUDIO_RATE))
 
 
-def _clip_extractor(model: str, options: dict[str, Any], device: str) -> Extractor:
+def _clip_extractor(
+    settings: Settings, model: str, options: dict[str, Any], device: str
+) -> Extractor:
     from meragent.tools.clip_encoder import load_clip_encoder
     from meragent.tools.faces import crop_faces, load_face_detector
 
+    yunet = options.get("yunet_onnx") or yunet_path(settings)
+    recipe = clip_recipe(model, frames=settings.num_frames, detector=detector_identity(yunet))
     encoder = load_clip_encoder(model, device=device, dtype=str(options.get("dtype", "float32")))
-    detector = load_face_detector(options.get("yunet_onnx"))
+    detector = load_face_detector(yunet)
     feature = str(options.get("feature_name") or feature_name_for(model))
 
     def encode(frame_sets: list[np.ndarray]) -> list[np.ndarray]:
         crops = [crop_faces(frames, detector).crops for frames in frame_sets]
         return encoder.encode_many(crops)
 
-    return Extractor(feature, model, "frames", encode)
+    return Extractor(feature, model, "frames", encode, recipe)
 
 
-def _fer_extractor(options: dict[str, Any], model_path: str | None) -> Extractor:
+def _fer_extractor(settings: Settings, model_path: str | None) -> Extractor:
     from meragent.tools.faces import crop_faces, load_face_detector
     from meragent.tools.facial_expression import load_fer_classifier
 
+    yunet = yunet_path(settings)
+    resolved = str(Path(model_path).expanduser().resolve()) if model_path else None
+    recipe = fer_recipe(resolved, settings.num_frames, detector_identity(yunet))
     classifier = load_fer_classifier(model_path)
-    detector = load_face_detector(options.get("yunet_onnx"))
+    detector = load_face_detector(yunet)
 
     def encode(frame_sets: list[np.ndarray]) -> list[np.ndarray]:
         vectors = []
@@ -126,16 +159,17 @@ def _fer_extractor(options: dict[str, Any], model_path: str | None) -> Extractor
             vectors.append(probs.mean(axis=0).astype(np.float32))
         return vectors
 
-    return Extractor(FER_FEATURE, "fer", "frames", encode)
+    return Extractor(FER_FEATURE, "fer", "frames", encode, recipe)
 
 
 def _text_extractor(backend: str, model: str, options: dict[str, Any], device: str) -> Extractor:
     from meragent.tools.text_encoder import load_text_encoder
 
     layers = int(options.get("layers", 4))
+    recipe = text_recipe(backend, model, layers=layers)
     encoder = load_text_encoder(backend, model, device=device, layers=layers)
     feature = str(options.get("feature_name") or feature_name_for(model, layers=layers))
-    return Extractor(feature, model, "text", lambda texts: list(encoder.encode(texts)))
+    return Extractor(feature, model, "text", lambda texts: list(encoder.encode(texts)), recipe)
 
 
 def _from_role(settings: Settings, role: str, device: str, overrides: dict[str, Any]) -> Extractor:
@@ -147,7 +181,7 @@ def _from_role(settings: Settings, role: str, device: str, overrides: dict[str, 
         if config.backend in ("hubert", "wav2vec2") and config.model:
             return _audio_extractor(config.backend, config.model, options, device)
     if role == "visual_encoder" and config.backend == "clip" and config.model:
-        extractor = _clip_extractor(config.model, config.options, device)
+        extractor = _clip_extractor(settings, config.model, config.options, device)
         extractor.feature = role_feature_name(config, config.model)
         return extractor
     if role == "text_encoder" and config.backend in ("hf", "minilm"):
@@ -175,7 +209,7 @@ def build_extractor(
         if kind in ("hubert", "wav2vec2"):
             return _audio_extractor(kind, model, overrides, device)
         if kind == "clip":
-            return _clip_extractor(model, {}, device)
+            return _clip_extractor(settings, model, {}, device)
         return _text_extractor(kind, model, overrides, device)
     roles = {"acoustic": "acoustic_encoder", "visual": "visual_encoder", "lexical": "text_encoder"}
     if encoder in roles:
@@ -183,8 +217,7 @@ def build_extractor(
     if encoder == "prosody":
         return _prosody_extractor()
     if encoder == "fer":
-        expression = settings.role("facial_expression")
-        return _fer_extractor(expression.options, expression.model)
+        return _fer_extractor(settings, settings.role("facial_expression").model)
     if encoder in ("minilm", "bundled:minilm"):
         return _text_extractor("minilm", "bundled:minilm", {}, device)
     raise ConfigError(
@@ -202,7 +235,7 @@ def _media_path(clip: Clip) -> Path:
 def load_input(clip: Clip, needs: str, settings: Settings) -> Any:
     """Decode what the extractor needs from one clip (raises for a clip that lacks it)."""
     if needs == "text":
-        return clip.subtitle or ""
+        return (clip.subtitle or "").strip()  # what the lexical tool encodes
     from meragent.data.media import decode_media, read_audio
 
     if needs == "audio":
@@ -247,6 +280,42 @@ def _write_failures(path: Path, failures: list[ClipFailure]) -> Path | None:
     return path
 
 
+@dataclass
+class _Plan:
+    """Which clips need encoding, with the source each new vector will be tied to."""
+
+    todo: list[tuple[Clip, SourceStamp | None]]
+    cached: int
+    stale: int
+
+
+def _source_of(clip: Clip, needs: str) -> SourceStamp | None:
+    modality = "lexical" if needs == "text" else "acoustic"
+    text = (clip.subtitle or "").strip() if needs == "text" else None
+    return encoder_source(modality, clip, text)
+
+
+def _plan(clips: list[Clip], cache: FeatureCache, extractor: Extractor) -> _Plan:
+    """Reuse a cached vector only when it was made from this clip's media by this recipe."""
+    plan = _Plan([], 0, 0)
+    for clip in clips:
+        source = _source_of(clip, extractor.needs)
+        if cache.has(extractor.feature, clip.id, source=source, recipe=extractor.recipe):
+            plan.cached += 1
+            continue
+        if cache.path(extractor.feature, clip.id).is_file():
+            plan.stale += 1  # same name, other (or changed) media: never the old vector
+        plan.todo.append((clip, source))
+    return plan
+
+
+def _check_options(batch_size: int, device: str | None) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if device not in (None, "auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
+
+
 def extract_features(
     settings: Settings,
     source: Path | str,
@@ -255,18 +324,17 @@ def extract_features(
     batch_size: int = 16,
     device: str | None = None,
     layers: int | None = None,
+    feature_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExtractReport:
     """Fill the feature cache for every clip of ``source`` with ``encoder``'s vectors.
 
-    ``progress(done, total)`` is called after each clip (cached ones count as done at once).
+    ``feature_name`` overrides the cache folder's name. ``progress(done, total)`` is called
+    after each clip (cached ones count as done at once).
     """
     from meragent.data.manifest import MediaPolicy, load_manifest
 
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    if device not in (None, "auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
+    _check_options(batch_size, device)
     extractor = build_extractor(
         settings, encoder, resolve_device(device or settings.device), layers=layers
     )
@@ -274,39 +342,48 @@ def extract_features(
     media: MediaPolicy = "optional" if extractor.needs == "text" else "required"
     loaded = load_manifest(source, data_root=settings.data_root, media=media)
     clips = loaded.clips
+    if feature_name:
+        extractor.feature = feature_name
     cache = FeatureCache(settings.features_dir)
-    todo = [clip for clip in clips if not cache.has(extractor.feature, clip.id)]
-    cached = len(clips) - len(todo)
-    done = cached
+    cache.check_recipe(extractor.feature, extractor.recipe)  # another model's folder: stop now
+    plan = _plan(clips, cache, extractor)
+    done = plan.cached
     if progress:
         progress(done, len(clips))
     failures: list[ClipFailure] = []
     extracted = 0
-    batch: list[tuple[Clip, Any]] = []
+    batch: list[tuple[Clip, SourceStamp | None, Any]] = []
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, len(clips))
 
     def flush() -> None:
-        nonlocal done, extracted
-        for clip, vector, error in _encode_isolating(extractor, batch):
+        nonlocal extracted
+        sources = {clip.id: stamp for clip, stamp, _ in batch}
+        pairs = [(clip, item) for clip, _, item in batch]
+        for clip, vector, error in _encode_isolating(extractor, pairs):
             if vector is None:
                 failures.append(
                     ClipFailure(clip_id=clip.id, stage="encode", reason=error or "failed")
                 )
             else:
-                cache.save(extractor.feature, clip.id, vector)
+                stamp = sources[clip.id]
+                cache.save(
+                    extractor.feature, clip.id, vector, source=stamp, recipe=extractor.recipe
+                )
                 extracted += 1
-            done += 1
-            if progress:
-                progress(done, len(clips))
+            step()
         batch.clear()
 
-    for clip in todo:
+    for clip, stamp in plan.todo:
         try:
-            batch.append((clip, load_input(clip, extractor.needs, settings)))
+            batch.append((clip, stamp, load_input(clip, extractor.needs, settings)))
         except CLIP_FAILURES as exc:
             failures.append(ClipFailure(clip_id=clip.id, stage="decode", reason=first_line(exc)))
-            done += 1
-            if progress:
-                progress(done, len(clips))
+            step()
             continue
         if len(batch) >= batch_size:
             flush()
@@ -319,8 +396,9 @@ def extract_features(
         feature=extractor.feature,
         model_id=extractor.model_id,
         total=len(clips),
-        cached=cached,
+        cached=plan.cached,
         extracted=extracted,
+        stale=plan.stale,
         failures=failures,
         manifest_errors=[str(error) for error in loaded.errors],
         failures_path=failures_path,
@@ -335,6 +413,7 @@ def report_summary(report: ExtractReport) -> dict[str, Any]:
         "total": report.total,
         "cached": report.cached,
         "extracted": report.extracted,
+        "stale": report.stale,
         "failed": len(report.failures),
         "manifest_errors": len(report.manifest_errors),
         "failures_file": str(report.failures_path) if report.failures_path else None,
