@@ -118,7 +118,8 @@ def render_run_html(store: TraceStore, run_id: str) -> str:
     clips = "".join(_clip_html(r, store.steps(run_id, r.clip_id)) for r in records)
     summary = (
         f"<p>status {_e(run.status)} · track {_e(run.track)} · profile {_e(run.profile)} · "
-        f"{run.n_ok} ok, {run.n_failed} failed · created {_e(run.created_at)}</p>"
+        f"{run.n_ok} ok, {run.n_degraded} degraded, {run.n_failed} failed · "
+        f"created {_e(run.created_at)}</p>"
     )
     usage = f"<pre>{_e(_pretty(run.usage))}</pre>" if run.usage else ""
     return (
