@@ -488,3 +488,27 @@ def test_batch_on_the_noisy_copy_caches_the_noisy_vectors(
     assert sorted(found["noisy"]) == ["synth_000", "synth_001"]
     for clip_id, clean_vector in found["clean"].items():
         assert not np.allclose(found["noisy"][clip_id], clean_vector)
+
+
+def test_graph_fusion_reads_no_cached_vector_of_other_media(tmp_path: Path) -> None:
+    """The attention-fusion node's fallback to the cache (encoders no tool of the run ran)."""
+    from meragent.graphs.fusion import feature_inputs
+
+    clean, noisy = tmp_path / "clean.mp4", tmp_path / "noisy.mp4"
+    clean.write_bytes(b"clean")
+    noisy.write_bytes(b"noisy!")
+    root = tmp_path / "features"
+    cache = FeatureCache(root)
+    cache.save("f-UTT", "c", np.ones(3), source=SourceStamp.of_files([clean]), recipe=RECIPE)
+    (root / "mertools-UTT").mkdir()
+    np.save(root / "mertools-UTT" / "c.npy", np.full(2, 5.0, dtype=np.float32))
+
+    def inputs(clip: Clip) -> dict[str, np.ndarray | None]:
+        encoders = ["f-UTT", "mertools-UTT"]
+        return feature_inputs([], encoders, clip_id="c", features_dir=root, clip=clip)
+
+    on_noisy = inputs(Clip(id="c", video=noisy))
+    assert on_noisy["f-UTT"] is None  # made from the clean file: not this clip's
+    np.testing.assert_array_equal(on_noisy["mertools-UTT"], np.full(2, 5.0))  # plain: as is
+    assert inputs(Clip(id="c", video=clean))["f-UTT"] is not None
+    assert inputs(Clip(id="c"))["f-UTT"] is not None  # no media: nothing to compare against

@@ -15,7 +15,7 @@ import numpy as np
 
 from meragent.agents.reasoning import class_of_word
 from meragent.graphs.state import FusionInfo
-from meragent.schema import EMOTIONS, Clue
+from meragent.schema import EMOTIONS, Clip, Clue
 
 #: Answer given when nothing at all points to a class (the most frequent MER class).
 DEFAULT_CLASS = "neutral"
@@ -107,7 +107,12 @@ def _clue_feature_refs(clues: Sequence[Clue]) -> dict[str, Path]:
 
 
 def feature_inputs(
-    clues: Sequence[Clue], encoders: Sequence[str], *, clip_id: str, features_dir: Path | None
+    clues: Sequence[Clue],
+    encoders: Sequence[str],
+    *,
+    clip_id: str,
+    features_dir: Path | None,
+    clip: Clip | None = None,
 ) -> dict[str, np.ndarray | None]:
     """One vector per encoder the fusion head wants: from the clues' refs, else the cache.
 
@@ -122,6 +127,8 @@ def feature_inputs(
     for encoder in encoders:
         if encoder in refs and refs[encoder].is_file():
             features[encoder] = FeatureCache(refs[encoder].parent.parent).load(encoder, clip_id)
+        elif cache is not None and clip is not None:  # never a vector made from other media
+            features[encoder] = cache.lookup_clip(encoder, clip)
         elif cache is not None and cache.has(encoder, clip_id):
             features[encoder] = cache.load(encoder, clip_id)
         else:
@@ -130,11 +137,18 @@ def feature_inputs(
 
 
 def attention_fusion(
-    predictor: Any, clues: Sequence[Clue], *, clip_id: str, features_dir: Path | None = None
+    predictor: Any,
+    clues: Sequence[Clue],
+    *,
+    clip_id: str,
+    features_dir: Path | None = None,
+    clip: Clip | None = None,
 ) -> FusionInfo:
     """Run a trained attention-fusion head on the clip's cached embeddings."""
     encoders = list(predictor.encoders)
-    features = feature_inputs(clues, encoders, clip_id=clip_id, features_dir=features_dir)
+    features = feature_inputs(
+        clues, encoders, clip_id=clip_id, features_dir=features_dir, clip=clip
+    )
     output = predictor.predict(features)
     probs = {e: float(output.probs.get(e, 0.0)) for e in EMOTIONS}
     best = max(EMOTIONS, key=lambda e: (probs[e], -EMOTIONS.index(e)))

@@ -311,6 +311,7 @@ class PipelineNodes:
                 clues,
                 clip_id=state["clip"].id,
                 features_dir=self.deps.features_dir,
+                clip=state["clip"],
             )
         else:
             record.model_id = "late_fusion"
