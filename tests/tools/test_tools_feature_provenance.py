@@ -512,3 +512,55 @@ def test_graph_fusion_reads_no_cached_vector_of_other_media(tmp_path: Path) -> N
     np.testing.assert_array_equal(on_noisy["mertools-UTT"], np.full(2, 5.0))  # plain: as is
     assert inputs(Clip(id="c", video=clean))["f-UTT"] is not None
     assert inputs(Clip(id="c"))["f-UTT"] is not None  # no media: nothing to compare against
+
+
+# ---------------------------------------------------------------- extract, then the pipeline
+
+
+def test_vectors_from_features_extract_are_reused_by_the_tools(
+    synth_dataset: Path, tmp_path: Path, tiny_hubert: Path, tiny_bert: Path
+) -> None:
+    """Both paths record the same recipe and source, so `batch` after `extract` computes nothing."""
+    from meragent.config import load_settings
+    from meragent.data.media_types import DecodedMedia
+    from meragent.tools.lazy import Lazy
+    from meragent.tools.registry import build_toolset
+
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(
+        f'[roles.acoustic_encoder]\nbackend = "hubert"\nmodel = "{tiny_hubert}"\n'
+        "options = { layers = 2 }\n\n"
+        f'[roles.text_encoder]\nbackend = "hf"\nmodel = "{tiny_bert}"\noptions = {{ layers = 2 }}\n'
+        + "".join(
+            f'\n[roles.{role}]\nbackend = "none"\n'
+            for role in ("visual_encoder", "facial_expression", "asr")
+        ),
+        encoding="utf-8",
+    )
+    home = ["--home", str(tmp_path / "home"), "--profile", str(profile)]
+    for encoder in ("acoustic", "lexical", "prosody"):
+        code, out, err = cli("features", "extract", str(synth_dataset), "--encoder", encoder, *home)
+        assert code == 0, err
+        assert summary(out)["extracted"] == 4
+    settings = load_settings(profile=str(profile), home=tmp_path / "home")
+    tools = build_toolset(settings)
+
+    def no_model() -> None:
+        raise AssertionError("the encoder ran although the cache held this clip's vector")
+
+    for tool in (tools.acoustic, tools.lexical):
+        tool.encoder.model = Lazy(no_model)  # type: ignore[union-attr]
+    clip = load_manifest(synth_dataset).clips[0]
+    assert clip.video is not None
+    media = decode_media(clip.video, clip_id=clip.id, num_frames=1)
+    acoustic = tools.acoustic.analyze(clip, media)
+    lexical = tools.lexical.analyze(
+        clip, DecodedMedia(clip_id=clip.id, sample_rate=16000, duration=1)
+    )
+    assert acoustic.error is None and lexical.error is None
+    features = settings.features_dir
+    assert acoustic.feature_ref == str(
+        features / f"{tiny_hubert.name}-last2-UTT" / f"{clip.id}.npy"
+    )
+    assert lexical.feature_ref == str(features / f"{tiny_bert.name}-last2-UTT" / f"{clip.id}.npy")
+    assert acoustic.data["prosody_ref"] == str(features / PROSODY_FEATURE / f"{clip.id}.npy")
