@@ -6,6 +6,10 @@ Every command is thin (parse, build a config, call one library function); the gr
 
 from __future__ import annotations
 
+import sys
+import traceback
+from typing import Annotated
+
 import typer
 
 from meragent.commands import (
@@ -19,6 +23,8 @@ from meragent.commands import (
     pipeline_cmd,
     trace_cmd,
 )
+from meragent.commands.terminal import configure_terminal
+from meragent.secrets import scrub
 
 app = typer.Typer(
     name="meragent",
@@ -27,6 +33,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Show the libraries' INFO log lines on stderr (twice: DEBUG) and their "
+            "progress bars; by default only warnings, and stdout carries only the results.",
+        ),
+    ] = 0,
+) -> None:
+    """Multimodal emotion recognition agent (MER2023/MER2024: six-class and open-vocabulary)."""
+    configure_terminal(verbose)
+
+
 app.add_typer(config_cmd.app, name="config")
 # The MER-NOISE corruption tool lives with the fusion work but belongs to the data group.
 data_cmd.app.command("corrupt")(corrupt_cmd.corrupt)
@@ -40,5 +65,9 @@ pipeline_cmd.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; an unexpected traceback is scrubbed of secrets too."""
+    try:
+        app()
+    except Exception:  # a bug, not a user error (those end in one line): show it, key removed
+        sys.stderr.write(scrub(traceback.format_exc()))
+        sys.exit(1)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meragent.errors import ConfigError
+from meragent.secrets import register_secret
 
 #: Every role a profile may name (DESIGN.md, "Backends and profiles").
 ROLES: tuple[str, ...] = (
@@ -160,9 +161,11 @@ def load_settings(**overrides: Any) -> Settings:
     """Build Settings from the environment plus explicit overrides (``None`` values ignored)."""
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ConfigError:
         raise
     except ValueError as exc:
         first = str(exc).splitlines()
         raise ConfigError(f"invalid settings: {' '.join(first[:3])}") from exc
+    register_secret(settings.llm_api_key)  # scrubbed from every terminal line, log and store
+    return settings

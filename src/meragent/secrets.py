@@ -58,3 +58,14 @@ def scrub(text: str, extra: Iterable[str] = ()) -> str:
 def scrub_optional(text: str | None, extra: Iterable[str] = ()) -> str | None:
     """:func:`scrub` that lets None through (for nullable store columns)."""
     return None if text is None else scrub(text, extra)
+
+
+def scrub_data(value: Any) -> Any:
+    """A copy of JSON-like ``value`` (dicts, lists, strings) with every string scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {key: scrub_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_data(item) for item in value]
+    return value

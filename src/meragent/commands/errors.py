@@ -1,4 +1,7 @@
-"""Turn user-facing errors into one line on stderr and a non-zero exit, never a traceback."""
+"""Turn user-facing errors into one line on stderr and a non-zero exit, never a traceback.
+
+Every line goes through :func:`meragent.secrets.scrub` (a server may echo the API key).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,15 @@ from typing import ParamSpec, TypeVar
 import typer
 
 from meragent.errors import MeragentError
+from meragent.secrets import scrub
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print ``error: message`` to stderr and return the Exit to raise."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` (scrubbed of secrets) to stderr and return the Exit to raise."""
+    typer.echo(scrub(f"error: {message}"), err=True)
     return typer.Exit(code=code)
 
 
@@ -35,3 +39,8 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise fail("interrupted", 130) from None
 
     return wrapper
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Print one line for the user (stdout, or stderr with ``err``), scrubbed of secrets."""
+    typer.echo(scrub(message), err=err)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meragent.commands.errors import fail, friendly_errors
+from meragent.commands.errors import fail, friendly_errors, say
 from meragent.config import load_settings
+from meragent.secrets import scrub_data
 
 if TYPE_CHECKING:
     from meragent.graphs.batch import BatchSummary
@@ -89,7 +90,7 @@ def _print_summary(summary: BatchSummary) -> None:
             f" tokens, {usage['retries']} retries, ${usage['cost_usd']:.4f}"
         )
     for failure in summary.failures[:5]:
-        typer.echo(f"  {failure.severity} {failure.clip_id} [{failure.stage}]: {failure.reason}")
+        say(f"  {failure.severity} {failure.clip_id} [{failure.stage}]: {failure.reason}")
 
 
 def run_command(
@@ -110,13 +111,13 @@ def run_command(
 
     settings = load_settings(profile=profile)
     outcome = run_one(settings, clip, track=track)
-    payload = _clip_payload(outcome)
+    payload = scrub_data(_clip_payload(outcome))  # clue errors may quote a server's reply
     if as_json:
         typer.echo(json.dumps(payload, ensure_ascii=False, default=str))
     else:
         _print_clip(payload)
     if outcome.status == "degraded":
-        typer.echo(f"degraded {outcome.clip.id} [media]: {outcome.degraded_reason}", err=True)
+        say(f"degraded {outcome.clip.id} [media]: {outcome.degraded_reason}", err=True)
         raise typer.Exit(code=1)
 
 
@@ -155,7 +156,7 @@ def batch_command(
         str,
         typer.Option(
             help="Where clips run: local (threads in this process) or ray (a Ray Data pipeline "
-            "over a Ray cluster; needs meragent[ray])."
+            "over a Ray cluster; needs meragent\\[ray])."
         ),
     ] = "local",
     address: Annotated[

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from meragent.errors import DataError
 from meragent.schema import TraceStep
+from meragent.secrets import scrub_optional
 
 TRACE_FILE = "trace.sqlite"
 _SCHEMA = """
@@ -70,7 +71,6 @@ CREATE TABLE IF NOT EXISTS step (
 );
 CREATE INDEX IF NOT EXISTS step_by_clip ON step (run_id, clip_id, id);
 """
-REDACTED = "********"
 #: Clip statuses that carry an answer: written to the submission files, skipped by ``--resume``.
 ANSWERED = ("ok", "degraded")
 
@@ -194,11 +194,8 @@ class TraceStore:
         return self._scrub(text) or ""
 
     def _scrub(self, text: str | None) -> str | None:
-        if text is None:
-            return None
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        # The one scrubber the terminal and logs use too, plus this store's own values.
+        return scrub_optional(text, self._secrets)
 
     def _json(self, value: Any) -> str | None:
         return self._scrub(dumps(value))
