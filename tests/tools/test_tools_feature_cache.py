@@ -169,3 +169,50 @@ def test_graph_fusion_reads_no_cached_vector_of_other_media(tmp_path: Path) -> N
     np.testing.assert_array_equal(on_noisy["mertools-UTT"], np.full(2, 5.0))  # plain: as is
     assert inputs(Clip(id="c", video=clean))["f-UTT"] is not None
     assert inputs(Clip(id="c"))["f-UTT"] is not None  # no media: nothing to compare against
+
+
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
+root, media, seed = Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob("*.wav")), int(sys.argv[3])
+cache = FeatureCache(root)
+recipe = FeatureRecipe("/models/a/final", {"layers": 4, "pooling": "mean"})
+for round_ in range(5):
+    for index, path in enumerate(media):
+        value = np.full(4, seed * 1000 + round_ * 100 + index, dtype=np.float32)
+        stamp = SourceStamp.of_files([path])
+        cache.save("f", f"c{index}", value, source=stamp, recipe=recipe)
+        cache.lookup("f", f"c{index}", source=stamp, recipe=recipe)
+"""
+
+
+def test_several_processes_writing_one_folder_leave_it_consistent(tmp_path: Path) -> None:
+    """Ray workers or parallel `features extract` runs share a folder with no lock."""
+    import subprocess
+    import sys
+
+    media_dir = tmp_path / "media"
+    media_dir.mkdir()
+    media = []
+    for index in range(10):
+        path = media_dir / f"m{index:02d}.wav"
+        path.write_bytes(bytes([index]) * (index + 1))
+        media.append(path)
+    root = tmp_path / "features"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER, encoding="utf-8")
+    args = [str(root), str(media_dir)]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), *args, str(seed)]) for seed in (1, 2, 3)
+    ]
+    assert [proc.wait(timeout=120) for proc in procs] == [0, 0, 0]
+    cache = FeatureCache(root)
+    for index, path in enumerate(media):
+        vector = cache.lookup("f", f"c{index}", source=SourceStamp.of_files([path]), recipe=RECIPE)
+        stored = np.load(cache.path("f", f"c{index}"))
+        assert int(stored[0]) % 100 == index
+        # A record vouches for exactly the vector on disk, or (lost race) for none: recomputed.
+        assert vector is None or np.array_equal(vector, stored)
+    assert not [p for p in (root / "f").iterdir() if p.name.endswith(".tmp")]
