@@ -48,7 +48,7 @@ def extract(
         Path | None, typer.Option(help="meragent home (features go to HOME/features).")
     ] = None,
 ) -> None:
-    """Embed every clip of SOURCE with ENCODER, skipping clips already cached."""
+    """Embed every clip of SOURCE with ENCODER; a vector cached from the same file is reused."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from meragent.tools.extract import dumps_summary, extract_features

@@ -325,12 +325,14 @@ def extract_features(
     device: str | None = None,
     layers: int | None = None,
     feature_name: str | None = None,
+    subtitle_language: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExtractReport:
     """Fill the feature cache for every clip of ``source`` with ``encoder``'s vectors.
 
-    ``feature_name`` overrides the cache folder's name. ``progress(done, total)`` is called
-    after each clip (cached ones count as done at once).
+    ``feature_name`` overrides the cache folder's name; ``subtitle_language`` picks the
+    transcript column text encoders read (see ``load_manifest``). ``progress(done, total)`` is
+    called after each clip (cached ones count as done at once).
     """
     from meragent.data.manifest import MediaPolicy, load_manifest
 
@@ -340,7 +342,9 @@ def extract_features(
     )
     # A text encoder reads only the subtitle: rows without media (MERTools labels) are clips.
     media: MediaPolicy = "optional" if extractor.needs == "text" else "required"
-    loaded = load_manifest(source, data_root=settings.data_root, media=media)
+    loaded = load_manifest(
+        source, data_root=settings.data_root, media=media, subtitle_language=subtitle_language
+    )
     clips = loaded.clips
     if feature_name:
         extractor.feature = feature_name
