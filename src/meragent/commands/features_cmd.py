@@ -38,6 +38,13 @@ def extract(
         str | None,
         typer.Option(help="Cache folder name (default: MERTools-style <model>-UTT)."),
     ] = None,
+    subtitle_language: Annotated[
+        str | None,
+        typer.Option(
+            help="Text encoders: read the 'chinese' (zh) or 'english' (en) transcript column "
+            "(MER transcripts have both; default: the first subtitle column, Chinese for MER)."
+        ),
+    ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
     ] = None,
@@ -70,6 +77,7 @@ def extract(
             device=device,
             layers=layers,
             feature_name=feature_name,
+            subtitle_language=subtitle_language,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     typer.echo(dumps_summary(report))
