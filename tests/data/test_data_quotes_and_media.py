@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from meragent.cli import app
 from meragent.data.manifest import ManifestLoad, load_manifest
+from meragent.errors import DataError
 
 runner = CliRunner()
 
@@ -190,3 +191,17 @@ def test_cli_labels_writes_the_gt_csv_of_a_split(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert out.read_text(encoding="utf-8") == "name,discrete,valence\ns1,happy,2\ns2,sad,\n"
+
+
+def test_subtitle_language_picks_the_transcript_column(tmp_path: Path) -> None:
+    folder = _mer_folder(tmp_path)
+    (folder / "transcription-engchi-polish.csv").write_text(
+        "name,chinese,english\ns1,你好,hello\n", encoding="utf-8"
+    )
+    default = load_manifest(folder, media="optional", split="train").clips[0]
+    english = load_manifest(folder, media="optional", split="train", subtitle_language="en")
+    assert (default.subtitle, default.language) == ("你好", "zh")
+    assert (english.clips[0].subtitle, english.clips[0].language) == ("hello", "en")
+    manifest = _write(tmp_path / "m.csv", "name,subtitle,discrete\nx,words,happy\n")
+    with pytest.raises(DataError, match="has no 'english' subtitle column"):
+        load_manifest(manifest, subtitle_language="en")  # never the wrong language silently

@@ -57,6 +57,8 @@ TRANSCRIPTION_FILES: tuple[str, ...] = (
 MER2023_SPLITS: tuple[str, ...] = ("train", "test1", "test2", "test3")
 #: Whether a clip needs a media file (or, for CSV/JSONL rows, a subtitle); see the docstring.
 MediaPolicy = Literal["required", "optional"]
+#: ``subtitle_language`` -> the transcript column it reads (MER transcripts carry both).
+SUBTITLE_COLUMNS: dict[str, str] = {"zh": "chinese", "en": "english"}
 #: A folder holding one of these is read through it (``meragent data synth`` writes the first).
 MANIFEST_FILES: tuple[str, ...] = ("manifest.csv", "manifest.jsonl")
 #: Column spellings accepted for each manifest field (first present wins).
@@ -149,16 +151,23 @@ def load_manifest(
     data_root: Path | None = None,
     split: str | None = None,
     media: MediaPolicy = "required",
+    subtitle_language: str | None = None,
 ) -> ManifestLoad:
     """Read ``source`` (a folder or a manifest file) in whichever layout it has.
 
     Bad rows (missing file, path outside the data root, unknown label, malformed or duplicate
     row, non-UTF-8 text) land in ``errors``; the good rows are still returned in ``clips``.
     ``media="optional"`` keeps rows that have no media to decode (see the module docstring).
-    Raises ``DataError`` only when the source as a whole is unusable.
+    ``subtitle_language`` (``zh``/``en``) reads the subtitle from the ``chinese``/``english``
+    column (MER transcripts have both; default: the first subtitle column found, Chinese for
+    MER). Raises ``DataError`` only when the source as a whole is unusable.
     """
     if media not in get_args(MediaPolicy):
         raise ValueError(f"media must be one of {get_args(MediaPolicy)}, got {media!r}")
+    if subtitle_language is not None and subtitle_language not in SUBTITLE_COLUMNS:
+        known = ", ".join(SUBTITLE_COLUMNS)
+        raise DataError(f"subtitle language {subtitle_language!r}: expected one of {known}")
+    want = _Wanted(media, subtitle_language)
     # Absolute from here on, so every path a row yields can be checked against the root.
     path = _absolute(Path(source).expanduser())
     if not path.exists():
@@ -167,29 +176,39 @@ def load_manifest(
     if path.is_dir():
         root = root or path
         if (path / MER_LABEL_FILE).is_file():
-            loaded = _load_mer_processed(path / MER_LABEL_FILE, root, split, media)
+            loaded = _load_mer_processed(path / MER_LABEL_FILE, root, split, want)
         elif any((path / f"{name}-label.csv").is_file() for name in MER2023_SPLITS):
-            loaded = _load_mer2023(path, root, split, media)
+            loaded = _load_mer2023(path, root, split, want)
         elif manifest := next((path / n for n in MANIFEST_FILES if (path / n).is_file()), None):
-            loaded = _load_manifest_file(manifest, root, split, media)
+            loaded = _load_manifest_file(manifest, root, split, want)
         else:
             _reject_split(split, "a folder of videos")
             loaded = _load_video_folder(path, root)
     else:
-        loaded = _load_manifest_file(path, root or path.parent, split, media)
+        loaded = _load_manifest_file(path, root or path.parent, split, want)
     return loaded.model_copy(update={"media": media})
 
 
-def _load_manifest_file(
-    path: Path, root: Path, split: str | None, media: MediaPolicy
-) -> ManifestLoad:
+@dataclass(frozen=True)
+class _Wanted:
+    """What the caller asked of every row: whether it needs media, which subtitle language."""
+
+    media: MediaPolicy = "required"
+    subtitle_language: str | None = None
+
+    @property
+    def subtitle_column(self) -> str | None:
+        return SUBTITLE_COLUMNS[self.subtitle_language] if self.subtitle_language else None
+
+
+def _load_manifest_file(path: Path, root: Path, split: str | None, want: _Wanted) -> ManifestLoad:
     suffix = path.suffix.lower()
     if path.name == MER_LABEL_FILE or suffix == ".npz":
-        return _load_mer_processed(path, root, split, media)
+        return _load_mer_processed(path, root, split, want)
     if suffix in (".csv", ".tsv"):
-        return _load_table(path, root, split, media)
+        return _load_table(path, root, split, want)
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return _load_jsonl(path, root, split, media)
+        return _load_jsonl(path, root, split, want)
     if suffix in VIDEO_EXTENSIONS:
         _reject_split(split, "a single video")
         return _load_single_video(path, root)
@@ -369,7 +388,9 @@ def _field_text(fields: list[str], index: int) -> str | None:
     return printable(fields[index]).strip() or None if index < len(fields) else None
 
 
-def _column_map(header: list[str], path: Path) -> dict[str, int]:
+def _column_map(
+    header: list[str], path: Path, subtitle_column: str | None = None
+) -> dict[str, int]:
     mapping: dict[str, int] = {}
     for field, aliases in _COLUMN_ALIASES.items():
         for alias in aliases:
@@ -378,12 +399,18 @@ def _column_map(header: list[str], path: Path) -> dict[str, int]:
                 break
     if "name" not in mapping:
         raise DataError(f"manifest {path} has no 'name' column (columns: {', '.join(header)})")
+    if subtitle_column is not None:
+        if subtitle_column not in header:
+            raise DataError(
+                f"{path} has no {subtitle_column!r} subtitle column (columns: {', '.join(header)})"
+            )
+        mapping["subtitle"] = header.index(subtitle_column)
     return mapping
 
 
-def _load_table(path: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
+def _load_table(path: Path, root: Path, split: str | None, want: _Wanted) -> ManifestLoad:
     header, records = read_csv_records(path)
-    columns = _column_map(header, path)
+    columns = _column_map(header, path, want.subtitle_column)
     if split is not None and "split" not in columns:
         raise DataError(f"--split {split!r} given but manifest {path} has no 'split' column")
     found = _Collector(path.name)
@@ -397,7 +424,7 @@ def _load_table(path: Path, root: Path, split: str | None, media: MediaPolicy) -
         values = {f: fields[i] if i < len(fields) else "" for f, i in columns.items()}
         if split is not None and values.get("split", "").strip() != split:
             continue
-        found.add(record.line, clip_id, partial(_clip_from_fields, values, root, media))
+        found.add(record.line, clip_id, partial(_clip_from_fields, values, root, want))
     return ManifestLoad(
         layout="csv", source=path, root=root, split=split, clips=found.clips, errors=found.errors
     )
@@ -417,7 +444,7 @@ def _table_row_problem(header: list[str], record: CsvRecord) -> _RowProblem | No
     return None
 
 
-def _load_jsonl(path: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
+def _load_jsonl(path: Path, root: Path, split: str | None, want: _Wanted) -> ManifestLoad:
     found = _Collector(path.name)
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -430,10 +457,12 @@ def _load_jsonl(path: Path, root: Path, split: str | None, media: MediaPolicy) -
             field: next((record[a] for a in aliases if a in record), None)
             for field, aliases in _COLUMN_ALIASES.items()
         }
+        if want.subtitle_column is not None:
+            values["subtitle"] = record.get(want.subtitle_column)
         if split is not None and str(values.get("split") or "") != split:
             continue
         clip_id = _text(values["name"])
-        found.add(line, clip_id, partial(_clip_from_fields, values, root, media))
+        found.add(line, clip_id, partial(_clip_from_fields, values, root, want))
     return ManifestLoad(
         layout="jsonl", source=path, root=root, split=split, clips=found.clips, errors=found.errors
     )
@@ -467,7 +496,7 @@ def _json_records(path: Path, data: bytes, found: _Collector) -> Iterator[tuple[
             found.error(number, match.group(1) if match else None, reason, "malformed")
 
 
-def _clip_from_fields(values: Mapping[str, Any], root: Path, media: MediaPolicy) -> Clip:
+def _clip_from_fields(values: Mapping[str, Any], root: Path, want: _Wanted) -> Clip:
     name = _check_name(values.get("name"))
     # Labels first: they are checked without touching the disk.
     discrete = _label(values.get("discrete"))
@@ -483,7 +512,7 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path, media: MediaPolicy)
         video = _find_video(name, [root, root / "video", root / "videos"])
         # No video named and none found: an audio-only or text-only clip is still a clip, and
         # so is a labels-only one when the caller reads features instead of media.
-        if video is None and audio is None and subtitle is None and media == "required":
+        if video is None and audio is None and subtitle is None and want.media == "required":
             raise _RowProblem(
                 f"no video, audio or subtitle given and no {name}.<ext> video in {root}",
                 "missing_file",
@@ -493,7 +522,7 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path, media: MediaPolicy)
         video=video,
         audio=audio,
         subtitle=subtitle,
-        language=_text(values.get("language")),
+        language=_text(values.get("language")) or want.subtitle_language,
         discrete=discrete,
         valence=valence,
         openset=openset,
@@ -514,7 +543,7 @@ class _MerFiles:
 
 
 def _load_mer_processed(
-    label_file: Path, root: Path, split: str | None, media: MediaPolicy
+    label_file: Path, root: Path, split: str | None, want: _Wanted
 ) -> ManifestLoad:
     folder = label_file.parent
     corpora = read_label_npz(label_file)
@@ -525,7 +554,7 @@ def _load_mer_processed(
         raise DataError(f"split {split!r} not in {label_file} (has: {', '.join(splits)})")
     chosen = [split] if split is not None else splits
     found = _Collector(label_file.name)
-    subtitles = _read_transcriptions(folder, found)
+    subtitles = _read_transcriptions(folder, found, want.subtitle_column)
     video_dir, audio_dir = folder / "video", folder / "audio"
     for name_split in chosen:
         corpus = corpora[f"{name_split}_corpus"]
@@ -534,7 +563,7 @@ def _load_mer_processed(
             continue
         for raw_name, entry in corpus.items():
             clip_id = str(raw_name)
-            files = _MerFiles(root, [video_dir], audio_dir, media)
+            files = _MerFiles(root, [video_dir], audio_dir, want.media)
             found.add(None, clip_id, partial(_mer_clip, clip_id, entry, files, subtitles))
     return ManifestLoad(
         layout="mer2024",
@@ -547,20 +576,20 @@ def _load_mer_processed(
     )
 
 
-def _load_mer2023(folder: Path, root: Path, split: str | None, media: MediaPolicy) -> ManifestLoad:
+def _load_mer2023(folder: Path, root: Path, split: str | None, want: _Wanted) -> ManifestLoad:
     splits = [name for name in MER2023_SPLITS if (folder / f"{name}-label.csv").is_file()]
     if split is not None and split not in splits:
         raise DataError(f"split {split!r} has no {split}-label.csv in {folder} (has: {splits})")
     chosen = [split] if split is not None else splits
     found = _Collector()
-    subtitles = _read_transcriptions(folder, found)
+    subtitles = _read_transcriptions(folder, found, want.subtitle_column)
     for name_split in chosen:
         label_file = folder / f"{name_split}-label.csv"
         found.file = label_file.name
         header, records = read_csv_records(label_file)
         columns = _column_map(header, label_file)
         video_dirs = [folder / name_split, folder / "video", folder / "videos"]
-        files = _MerFiles(root, video_dirs, folder / "audio", media)
+        files = _MerFiles(root, video_dirs, folder / "audio", want.media)
         for record in records:
             fields = record.fields
             clip_id = _field_text(fields, columns["name"])
@@ -622,14 +651,16 @@ class Transcripts:
 _TRANSCRIPT_LANGUAGES = {"english": "en"}
 
 
-def _read_transcriptions(folder: Path, found: _Collector) -> Transcripts:
+def _read_transcriptions(
+    folder: Path, found: _Collector, subtitle_column: str | None = None
+) -> Transcripts:
     """Subtitles from the first transcription CSV present; bad rows become errors."""
     path = next((folder / n for n in TRANSCRIPTION_FILES if (folder / n).is_file()), None)
     if path is None:
         return Transcripts({})
     try:
         header, records = read_csv_records(path)
-        columns = _column_map(header, path)
+        columns = _column_map(header, path, subtitle_column)
     except DataError as exc:
         # Subtitles are optional: a broken transcription file costs subtitles, not clips.
         found.errors.append(RowError(reason=str(exc), kind="malformed", file=path.name))
