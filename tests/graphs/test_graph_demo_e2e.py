@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +31,7 @@ def test_demo_runs_the_full_graph_offline_on_two_clips(
     monkeypatch.delenv("MERAGENT_FAKE_RUNTIME", raising=False)
     result = CliRunner().invoke(app, ["demo", "--clips", "2"])
     assert result.exit_code == 0, result.output
-    assert "run demo: 2 ok, 0 failed" in result.output
+    assert "run demo: 2 ok, 0 degraded, 0 failed" in result.output
 
     run_dir = home / "runs" / "demo"
     with (run_dir / "discrete.csv").open(encoding="utf-8") as handle:
@@ -61,5 +62,9 @@ def test_demo_runs_the_full_graph_offline_on_two_clips(
             assert steps["visual"].parsed_output["available"] is True
             assert steps["lexical"].parsed_output["data"]["subtitle"]
             assert set(steps["evaluator"].parsed_output) == {
-                "discrete_correct", "ov_accuracy", "ov_recall",
+                "discrete_correct", "ov_accuracy", "ov_recall", "grouper",
             }  # fmt: skip
+            # The offline profile's grouper, not exact matching (issue 11, defect 10).
+            assert steps["evaluator"].model_id == "embedding(tau=0.46, scope=sample)"
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["ov"]["grouping"] == "embedding" and metrics["ov"]["grouper"]["tau"] == 0.46
