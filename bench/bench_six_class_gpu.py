@@ -485,10 +485,13 @@ def device_facts(device: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     facts = device_facts(args.device)
+    results: list[dict[str, Any]] = []
+    report: dict[str, Any] = {**facts, "tiny": args.tiny, "finished": False, "results": results}
     with tempfile.TemporaryDirectory() as workdir:
         path = build_path(args.tiny, args.device, Path(workdir))
+        report.update(describe_run(args, path))
+        write_report(args.out, report)
         clips_all = make_clips(max(args.batches), args, path.han_chars)
-        results = []
         for dtype in args.dtypes:
             set_dtype(path, dtype)
             for batch in args.batches:
@@ -503,10 +506,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
                         torch.cuda.empty_cache()
                 results.append(row)
+                # Written after every row: a run stopped at its time cap keeps what it measured.
+                write_report(args.out, report)
                 print(format_row(row), flush=True)
-    report = {
-        **facts,
-        "tiny": args.tiny,
+    report["finished"] = True
+    write_report(args.out, report)
+    print(f"device: {facts['device_name']}; wrote {args.out}")
+    return report
+
+
+def describe_run(args: argparse.Namespace, path: SixClassPath) -> dict[str, Any]:
+    return {
         "models": {
             **model_descriptions(args.tiny),
             "parameters": path.params,
@@ -519,12 +529,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "not_timed": "decoding and face detection (CPU decode stage of the Ray executor)",
         },
         "repeats": args.repeats,
-        "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"device: {facts['device_name']}; wrote {args.out}")
-    return report
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    partial.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    partial.replace(out)
 
 
 def model_descriptions(tiny: bool) -> dict[str, str]:

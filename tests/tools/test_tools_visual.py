@@ -98,6 +98,30 @@ def test_clip_features_are_projected_image_features_averaged(tiny_clip: Path) ->
         encoder.encode_frames(frames[..., 0])
 
 
+def test_clip_features_from_a_transformers_5_output_object(
+    tiny_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers 5 wraps get_image_features' projection in BaseModelOutputWithPooling."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    encoder = load_clip_encoder(str(tiny_clip))
+    frames = (np.random.default_rng(1).random((2, 40, 40, 3)) * 255).astype(np.uint8)
+    pixels = encoder.processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        reference = encoder.model.get_image_features(pixel_values=pixels)
+    as_tensor = encoder.model.get_image_features
+
+    def v5_style(**kwargs: object) -> BaseModelOutputWithPooling:
+        projected = as_tensor(**kwargs)
+        hidden = torch.zeros(projected.shape[0], 5, 32)  # unpooled states: must not be used
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=projected)
+
+    monkeypatch.setattr(encoder.model, "get_image_features", v5_style)
+    assert np.allclose(encoder.encode_frames(frames), reference.numpy(), atol=1e-5)
+    assert encoder.encode_many([frames])[0].shape == (16,)
+
+
 def test_fer_classes_map_onto_the_six_mer_classes() -> None:
     eye = np.eye(7, dtype=np.float32)
     mapped = fer_to_mer(eye)

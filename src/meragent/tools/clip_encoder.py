@@ -45,6 +45,8 @@ class ClipImageEncoder:
                 features = self.model.get_image_features(
                     pixel_values=pixels.to(self.device, self.model.dtype)
                 )
+            # transformers 5 returns an output object; its pooler_output is the projection.
+            features = getattr(features, "pooler_output", features)
             outputs.append(features.float().cpu().numpy())
         return np.concatenate(outputs).astype(np.float32)
 
