@@ -20,7 +20,9 @@ stage and is not timed here) and a Chinese subtitle (``--chars``). For each dtyp
 ``ratio = path / bare`` in clips/s; the issue's goal is >= 0.8. Results go to
 ``bench/results/six_class_gpu.json`` with the device name. ``--tiny --device cpu`` runs the same
 code at toy sizes to check that the script works end to end; such a run is written elsewhere
-(default: the system temp folder) and can never be written as ``six_class_gpu.json``.
+(default: the system temp folder) and can never be written as ``six_class_gpu.json``. The JSON
+is rewritten after every (dtype, batch) row with ``finished: false`` until the end, so a run
+stopped at a time cap keeps what it measured. ``bench/gpu_suite.py`` runs this as its first step.
 
 Usage: ``python bench/bench_six_class_gpu.py [--dtypes fp16 bf16] [--batches 16 64 256]
 [--repeats 3] [--out bench/results/six_class_gpu.json]``;
