@@ -1,7 +1,8 @@
 """The GPU suite: the four GPU checks of issue 15 in one run, each step capped in time.
 
-Steps, in order, each its own process with its own time cap (``--caps``), each writing its JSON
-under ``--out`` as it goes (so a step stopped at its cap keeps what it finished):
+Steps, in order, each its own process with its own time cap (``--caps``; time a step leaves
+unused goes to the next ones, within ``--total-s``), each writing its JSON under ``--out`` as it
+goes (so a step stopped at its cap keeps what it finished):
 
 1. ``six_class`` (``bench_six_class_gpu.py``): decoded media -> HuBERT-large + CLIP-L/14 +
    1024-d text encoder -> fusion answer, batches 16/64/256, bf16 then fp16, next to the bare
@@ -127,14 +128,16 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
     path = args.out / "gpu_suite.json"
     write_json(path, merged)
+    banked = 0.0  # seconds earlier steps left unused: later steps may spend them
     with (args.out / "suite.log").open("a", encoding="utf-8") as log:
         for name in args.steps:
             left = deadline - time.perf_counter()
-            cap = min(args.caps.get(name, STEPS[name][1]), left - 5)
+            cap = min(args.caps.get(name, STEPS[name][1]) + banked, left - 5)
             if cap < 10:
                 merged["steps"][name] = {"status": "skipped", "reason": "suite time used up"}
                 continue
             merged["steps"][name] = run_step(name, args, cap, log)
+            banked = max(0.0, cap - merged["steps"][name]["wall_s"])
             merged["acceptance"] = acceptance(merged["steps"], args.tiny)
             write_json(path, merged)
             print(f"{name}: {merged['steps'][name]['status']} in "
