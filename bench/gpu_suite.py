@@ -59,7 +59,7 @@ def step_args(name: str, args: argparse.Namespace, out: Path, cap: float) -> lis
         common += ["--cli-timeout", str(int(cap / 3))]
     if name == "fusion":
         # The CLI stops first, so the step still records its partial progress lines.
-        common += ["--cli-timeout", str(int(max(cap - 15, cap * 0.8)))]
+        common += ["--deadline-s", str(round(cap - min(10.0, cap * 0.2), 1))]
     if name == "lora":
         common += ["--deadline-s", str(int(cap * 0.9))]
     return common

@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--missing", type=float, default=0.03, help="share of absent features")
     parser.add_argument("--cli-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="seconds from the step's start by which the CLI must have stopped (its output kept)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
     args = parser.parse_args(argv)
     args.clips = args.clips or (120 if args.tiny else 5030)
@@ -105,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
+    started = time.perf_counter()
     record = Recorder(args.out, **device_facts(args.device), tiny=args.tiny)
     protocol = {
         "clips": args.clips, "dims": args.dims, "search": args.search, "folds": args.folds,
@@ -122,7 +129,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "--folds", str(args.folds), "--search", str(args.search), "--epochs", str(args.epochs),
         "--seed", str(args.seed), "--device", args.device,
     ]  # fmt: skip
-    result = run_cli(cli, timeout_s=args.cli_timeout)
+    timeout_s = args.cli_timeout
+    if args.deadline_s is not None:
+        # Stop the CLI ourselves before the suite kills the step: its progress lines survive.
+        timeout_s = min(timeout_s, max(5.0, args.deadline_s - (time.perf_counter() - started)))
+    result = run_cli(cli, timeout_s=timeout_s)
     record.set("cli", without_stdout(result))
     # Exit code 1 means "finished, but some clips lack a feature" (the planted missing ones):
     # the model is written all the same.
