@@ -11,6 +11,7 @@ falls back to the text route with a flag saying so.
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -41,9 +42,11 @@ CLUES = [
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bundled GGUF de-quantised once into a HF folder ``transformers serve`` can load."""
-    return export_bundled_smollm2(tmp_path_factory.mktemp("smollm2-hf"))
+    folder = export_bundled_smollm2(tmp_path_factory.mktemp("smollm2-hf"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # 540 MB of fp32 weights: not kept in pytest's tmp
 
 
 @pytest.fixture(scope="module")
