@@ -3,16 +3,16 @@
 #
 # Before the run, here (the project's venv; fills the git-ignored bench/gpu-carry, ~41 MiB:
 # cp312 wheels of pydantic* and av, the SmolLM2 tokenizer, the OV332 CSVs):
-#     bench/gpu_suite.sh prepare
+#     PYTHON=.venv/bin/python bench/gpu_suite.sh prepare
 # Dry run here on the CPU at toy sizes (a few minutes; writes to /tmp/gpu_suite unless $OUT):
 #     PYTHON=.venv/bin/python bench/gpu_suite.sh --tiny
 # The real run: one call of the device tool's `run` (about 7-9 minutes of its 10):
 #     command:   bash bench/gpu_suite.sh
 #     carry:     ["bench/gpu-carry"]
 #     timeout_s: 600
-# The step caps sum to 540 s (six_class 140, features 170, fusion 130, lora 100; the wheels
-# install takes ~15 s before them). What came back ($OUT: gpu_suite.json, one JSON per step,
-# suite.log) is published with
+# The step caps sum to 540 s (six_class 140, features 170, fusion 130, lora 100; time a step
+# leaves unused goes to the next; the wheels install takes ~15 s before them). What comes back
+# ($OUT: gpu_suite.json, one JSON per step, suite.log: 6 files) is published with
 #     .venv/bin/python bench/gpu_suite.py --publish <files_at>/gpu_suite.json
 # A rerun of only some steps: bash bench/gpu_suite.sh --steps fusion,lora
 #
