@@ -25,7 +25,7 @@ from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.errors import DataError
 from meragent.schema import Clip, normalize_emotion
 
-#: Whether a clip needs a media file (or, for CSV/JSONL rows, a subtitle); see the docstring.
+#: Whether a row needs media (CSV/JSONL: or a subtitle); described in ``meragent.data.manifest``.
 MediaPolicy = Literal["required", "optional"]
 #: ``subtitle_language`` -> the transcript column it reads (MER transcripts carry both).
 SUBTITLE_COLUMNS: dict[str, str] = {"zh": "chinese", "en": "english"}
