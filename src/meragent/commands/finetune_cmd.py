@@ -43,6 +43,14 @@ class GrouperChoice(StrEnum):
     llm = "llm"
 
 
+class PrecisionChoice(StrEnum):
+    """Arithmetic of training and generation: bf16 autocast where the hardware has it."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class ExportFormat(StrEnum):
     """Dataset formats ``finetune export`` writes."""
 
@@ -160,6 +168,29 @@ def lora(
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")
     ] = None,
+    precision: Annotated[
+        PrecisionChoice,
+        typer.Option(
+            "--precision",
+            help="auto (bf16 on a CPU with avx512_bf16/AMX or a bf16 GPU, else fp32), fp32, "
+            "bf16 (autocast; weights and optimizer stay fp32).",
+        ),
+    ] = PrecisionChoice.auto,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", help="Self-consistency: K sampled answers, labels kept by majority vote."
+        ),
+    ] = 1,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="Sampling temperature (0: greedy).")
+    ] = 0.0,
+    wheel_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--wheel-dir", help="Emotion-wheel folder: also score MER2025 wheel F-scores."
+        ),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
@@ -203,6 +234,10 @@ def lora(
         manifest=manifest,
         num_frames=num_frames,
         threads=threads,
+        precision=precision.value,
+        samples=samples,
+        temperature=temperature,
+        wheel_dir=wheel_dir,
         progress=progress,
     )
     outcome = run_lora_cv(config, report=lambda line: typer.echo(line, err=True))

@@ -47,6 +47,10 @@ class LoraRunConfig(BaseModel):
     eval_batch_size: int = Field(default=4, ge=1)
     device: str = "cpu"
     dtype: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    samples: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    wheel_dir: Path | None = None
     seed: int = 0
     zero_shot: bool = True
     word_forms: Path | None = None
@@ -63,9 +67,25 @@ class LoraRunConfig(BaseModel):
     def _check(self) -> LoraRunConfig:
         if self.fold is not None and self.fold >= self.folds:
             raise ConfigError(f"--fold {self.fold} is out of range for {self.folds} folds")
+        if self.samples > 1 and self.temperature <= 0:
+            raise ConfigError("--samples > 1 (self-consistency) needs --temperature above 0")
         if self.modality == "video" and self.manifest is None:
             raise ConfigError("--modality video needs --manifest (sample name -> video file)")
         return self
+
+    @property
+    def resolved_precision(self) -> str:
+        from meragent.tools.causal_lm import resolve_device, resolve_precision
+
+        return resolve_precision(self.precision, resolve_device(self.device))
+
+    def decoding(self) -> Any:
+        """The labeler's list decoding with this run's answer budget and temperature."""
+        from meragent.tools.causal_lm_decoding import LIST_DECODING
+
+        return LIST_DECODING.model_copy(
+            update={"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        )
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -126,17 +146,24 @@ def score_systems(
     test: list[OVSample],
     systems: dict[str, list[SystemPrediction]],
     grouper_factory: Callable[[], Any],
+    wheel_dir: Path | None = None,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
-    """``{language: {system: scores}}`` for aligned predictions of every system on ``test``."""
-    from meragent.finetune.ov_eval import score_system
+    """``{language: {system: scores}}`` for aligned predictions of every system on ``test``.
+
+    Set metrics always; with ``wheel_dir`` also the MER2025 emotion-wheel F-scores.
+    """
+    from meragent.finetune.ov_eval import score_system, score_wheel_system
 
     scores: dict[str, dict[str, dict[str, float | int]]] = {}
     for language, samples in _by_language(test).items():
         index = [i for i, s in enumerate(test) if s.language == language]
-        scores[language] = {
-            system: score_system(samples, [preds[i] for i in index], grouper_factory)
-            for system, preds in systems.items()
-        }
+        scores[language] = {}
+        for system, preds in systems.items():
+            chosen = [preds[i] for i in index]
+            row = score_system(samples, chosen, grouper_factory)
+            if wheel_dir is not None:
+                row.update(score_wheel_system(samples, chosen, wheel_dir))
+            scores[language][system] = row
     return scores
 
 
@@ -216,11 +243,16 @@ def _run_text(config: LoraRunConfig, report: Reporter) -> dict[str, Any]:
         f"({dataset.n_skipped()} rows skipped); folds {experiment.folds_to_run()}"
     )
     t0 = time.perf_counter()
-    base = load_causal_lm_uncached(config.base, device=config.device, dtype=config.dtype)
-    report(f"loaded {config.base} in {time.perf_counter() - t0:.0f}s")
+    base = load_causal_lm_uncached(
+        config.base, device=config.device, dtype=config.dtype, precision=config.precision
+    )
+    report(f"loaded {config.base} in {time.perf_counter() - t0:.0f}s; precision {base.precision}")
     if not base.has_chat_template:
         report(f"{config.base} has no chat template: a plain User/Assistant template is used")
-    folds = [_run_text_fold(experiment, base, fold) for fold in experiment.folds_to_run()]
+    folds = [
+        resumed_fold(config, fold, report) or _run_text_fold(experiment, base, fold)
+        for fold in experiment.folds_to_run()
+    ]
     return write_results(
         config,
         report,
@@ -291,7 +323,8 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
     )
     gen: dict[str, Any] = {
         "max_prompt_tokens": config.max_prompt_tokens,
-        "max_new_tokens": config.max_new_tokens,
+        "decoding": config.decoding(),
+        "votes": config.samples,
         "batch_size": config.eval_batch_size,
         "progress": config.progress,
     }
@@ -314,6 +347,7 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
         pad_token_id=int(tokenizer.pad_token_id),
         progress=config.progress,
         on_step=lambda step, loss: report(f"fold {fold} step {step}: loss {loss:.4f}"),
+        precision=base.precision,
     )
     timings["train_s"] = log.seconds
     adapter_dir = save_adapter(model, tokenizer, config.base, fold_dir / "adapter")
@@ -324,13 +358,14 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
         tokenizer=tokenizer,
         model_id=f"{config.base}+lora",
         has_chat_template=base.has_chat_template,
+        precision=base.precision,
     )
     t0 = time.perf_counter()
     systems["lora"] = predict_with_lm(tuned, test, desc=f"lora f{fold}", **gen)
     timings["lora_eval_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    scores = score_systems(test, systems, experiment.grouper_factory)
+    scores = score_systems(test, systems, experiment.grouper_factory, config.wheel_dir)
     timings["scoring_s"] = time.perf_counter() - t0
     write_predictions(fold_dir / "predictions.jsonl", test, systems)
     write_model_card(
@@ -349,23 +384,52 @@ def _run_text_fold(experiment: _Experiment, base: Any, fold: int) -> dict[str, A
     # The bare model is shared by later folds only through ``base``; drop this copy now.
     del model, tuned
     report(f"fold {fold}: scores {json.dumps(scores)}")
-    return {
-        "fold": fold,
-        "n_train": len(train),
-        "n_test": len(test),
-        "test_names": sorted({s.name for s in test}),
-        "train_steps": log.steps,
-        "loss_first": log.losses[0],
-        "loss_last": log.losses[-1],
-        "losses": log.losses,
-        "parse_flags": {
-            system: flag_counts(preds) for system, preds in systems.items() if system != "lexicon"
+    return finish_fold(
+        config,
+        fold,
+        {
+            "fold": fold,
+            "n_train": len(train),
+            "n_test": len(test),
+            "test_names": sorted({s.name for s in test}),
+            "train_steps": log.steps,
+            "loss_first": log.losses[0],
+            "loss_last": log.losses[-1],
+            "losses": log.losses,
+            "parse_flags": {
+                system: flag_counts(preds)
+                for system, preds in systems.items()
+                if system != "lexicon"
+            },
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            "precision": base.precision,
+            "adapter": str(adapter_dir),
+            "loss_curve": str(curve),
+            "scores": scores,
         },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "adapter": str(adapter_dir),
-        "loss_curve": str(curve),
-        "scores": scores,
-    }
+    )
+
+
+FOLD_RESULT = "fold.json"
+
+
+def finish_fold(config: LoraRunConfig, fold: int, record: dict[str, Any]) -> dict[str, Any]:
+    """Write a finished fold's record: a rerun of the same ``--out`` resumes after it."""
+    path = config.out_dir / f"fold{fold}" / FOLD_RESULT
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: a kill leaves the old state or the new, never half a file
+    return record
+
+
+def resumed_fold(config: LoraRunConfig, fold: int, report: Reporter) -> dict[str, Any] | None:
+    """The record of a fold a previous run of this ``--out`` finished, else None."""
+    path = config.out_dir / f"fold{fold}" / FOLD_RESULT
+    if not path.is_file():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    report(f"fold {fold}: already finished ({path}), skipped")
+    return record
 
 
 def flag_counts(predictions: list[SystemPrediction]) -> dict[str, int]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from meragent.errors import ConfigError
 from meragent.finetune.lora_examples import collate
+from meragent.tools.causal_lm import autocast_context
 
 DEFAULT_TARGETS: tuple[str, ...] = (
     "q_proj",
@@ -52,6 +53,7 @@ class TrainLog(BaseModel):
     """What the loop did: one mean loss per optimizer step."""
 
     losses: list[float] = Field(default_factory=list)
+    precision: str = "fp32"
     steps: int = 0
     examples_seen: int = 0
     seconds: float = 0.0
@@ -115,11 +117,14 @@ def train_lora(
     collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    precision: str = "fp32",
 ) -> TrainLog:
     """Train the LoRA layers of a peft model on ``examples``; returns per-step losses.
 
     ``examples`` are TokenizedExamples padded by ``collate`` unless ``collate_fn`` turns a
     list of examples into model inputs (with ``labels``) some other way (e.g. video batches).
+    ``precision="bf16"`` runs forward and backward under bf16 autocast: weights, LoRA
+    parameters, gradients and AdamW stay fp32 (the loss is computed in fp32 by autocast).
     """
     import time
 
@@ -139,7 +144,7 @@ def train_lora(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(params.warmup_ratio * total), max(total, 1)
     )
-    log = TrainLog()
+    log = TrainLog(precision=precision)
     started = time.perf_counter()
     model.train()
     epoch = 0
@@ -155,7 +160,8 @@ def train_lora(
                 batch = next(stream)
             inputs = collate_fn(batch) if collate_fn else collate(batch, pad_token_id)
             tensors = {k: v.to(device) for k, v in inputs.items()}
-            loss = model(**tensors).loss / params.grad_accum
+            with autocast_context(precision, device.type):
+                loss = model(**tensors).loss / params.grad_accum
             loss.backward()
             step_loss += float(loss.detach())
             log.examples_seen += len(batch)

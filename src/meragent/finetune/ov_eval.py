@@ -10,13 +10,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from meragent.agents.labeler import LabelParse, parse_labels
+from meragent.agents.labeler import parse_labels
+from meragent.errors import ConfigError
 from meragent.finetune.lora_examples import fit_description
 from meragent.finetune.ov_data import OVSample, prompt_messages
+
+if TYPE_CHECKING:
+    from meragent.tools.causal_lm_decoding import DecodingSettings
 
 
 class SystemPrediction(BaseModel):
@@ -40,16 +44,25 @@ def predict_with_lm(
     samples: Sequence[OVSample],
     *,
     max_prompt_tokens: int,
-    max_new_tokens: int,
+    decoding: DecodingSettings | None = None,
+    votes: int = 1,
     batch_size: int = 4,
     progress: bool = True,
     desc: str = "generate",
 ) -> list[SystemPrediction]:
-    """Greedy labels for each sample, in input order (batched by prompt length)."""
+    """Labels for each sample, in input order (batched by prompt length).
+
+    ``decoding`` defaults to the labeler's list decoding (greedy, stop at the end of the list
+    or at a repeated item). ``votes`` > 1 is self-consistency: that many sampled answers per
+    sample (``decoding.temperature`` must be > 0), keeping the labels most of them name.
+    """
     from tqdm.auto import tqdm
 
-    from meragent.tools.causal_lm import generate_chat_batch
+    from meragent.tools.causal_lm_decoding import LIST_DECODING
 
+    settings = decoding if decoding is not None else LIST_DECODING
+    if votes > 1 and settings.temperature <= 0:
+        raise ConfigError("self-consistency (--samples > 1) needs a temperature above 0")
     conversations = [
         prompt_messages(fit_description(lm.tokenizer, s.description, max_prompt_tokens)[0])
         for s in samples
@@ -60,17 +73,56 @@ def predict_with_lm(
     with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            outputs = generate_chat_batch(
-                lm, [conversations[i] for i in chunk], max_new_tokens=max_new_tokens
-            )
-            for index, output in zip(chunk, outputs, strict=True):
-                results[index] = _from_parse(parse_labels(output.text))
+            answers = _answers(lm, [conversations[i] for i in chunk], settings, votes)
+            for index, prediction in zip(chunk, answers, strict=True):
+                results[index] = prediction
             bar.update(len(chunk))
     return [r if r is not None else SystemPrediction() for r in results]
 
 
-def _from_parse(parse: LabelParse) -> SystemPrediction:
-    return SystemPrediction(labels=parse.labels, raw=parse.raw, flags=parse.flags)
+def _answers(
+    lm: Any, conversations: list[Any], settings: DecodingSettings, votes: int
+) -> list[SystemPrediction]:
+    from meragent.tools.causal_lm import generate_chat_batch
+
+    rounds = [
+        [
+            parse_generation(out.text, hit_cap=out.hit_cap)
+            for out in generate_chat_batch(lm, conversations, decoding=settings)
+        ]
+        for _ in range(votes)
+    ]
+    if votes == 1:
+        return rounds[0]
+    return [vote([r[i] for r in rounds]) for i in range(len(conversations))]
+
+
+def parse_generation(text: str, *, hit_cap: bool = False) -> SystemPrediction:
+    """The labeler's parse of one answer; a list cut by the token cap loses its cut last item.
+
+    The parser collapses repeated labels; dropping the unfinished tail keeps a half-written
+    word (``'frust``) from becoming a label nobody wrote.
+    """
+    flags: list[str] = []
+    if hit_cap and "]" not in text:
+        cut = max(text.rfind(","), text.rfind("，"))
+        text = text[:cut] if cut >= 0 else ""
+        flags.append("hit_token_cap")
+    parse = parse_labels(text)
+    return SystemPrediction(labels=parse.labels, raw=parse.raw, flags=[*parse.flags, *flags])
+
+
+def vote(predictions: Sequence[SystemPrediction]) -> SystemPrediction:
+    """Self-consistency: labels named by more than half of the sampled answers, first seen first."""
+    counts: dict[str, int] = {}
+    for prediction in predictions:
+        for label in dict.fromkeys(prediction.labels):
+            counts[label] = counts.get(label, 0) + 1
+    kept = [label for label, n in counts.items() if 2 * n > len(predictions)]
+    flags = sorted({flag for p in predictions for flag in p.flags})
+    return SystemPrediction(
+        labels=kept, raw=" || ".join(p.raw for p in predictions), flags=[*flags, "voted"]
+    )
 
 
 def predict_with_lexicon(lexicon: Any, samples: Sequence[OVSample]) -> list[SystemPrediction]:
@@ -153,6 +205,36 @@ def score_system(
     }
 
 
+def score_wheel_system(
+    samples: Sequence[OVSample], predictions: Sequence[SystemPrediction], wheel_dir: Path
+) -> dict[str, float | int]:
+    """MER2025 emotion-wheel F-scores (level 1, level 2, their mean) of one system."""
+    from meragent.eval.wheel import score_wheel
+
+    gt = {s.name: s.labels for s in samples}
+    pred = {s.name: p.labels for s, p in zip(samples, predictions, strict=True)}
+    scores = score_wheel(gt, pred, wheel_dir, vocabulary=_wheel_vocabulary(wheel_dir))
+    return {
+        "wheel_level1": scores.level1,
+        "wheel_level2": scores.level2,
+        "wheel_mean": scores.average,
+    }
+
+
+def _wheel_vocabulary(wheel_dir: Path) -> Any:
+    from meragent.eval.wheel import load_wheel_vocabulary
+
+    key = str(Path(wheel_dir).resolve())
+    if key not in _WHEEL_VOCABULARIES:
+        _WHEEL_VOCABULARIES[key] = load_wheel_vocabulary(wheel_dir)
+    return _WHEEL_VOCABULARIES[key]
+
+
+_WHEEL_VOCABULARIES: dict[str, Any] = {}
+SET_METRICS: tuple[str, ...] = ("accuracy", "recall", "average")
+WHEEL_METRICS: tuple[str, ...] = ("wheel_level1", "wheel_level2", "wheel_mean")
+
+
 def mean_std(values: Sequence[float]) -> MeanStd:
     """Mean ± population std (0 for a single fold)."""
     values = list(values)
@@ -176,8 +258,8 @@ def summarise(
     summary: dict[str, dict[str, dict[str, MeanStd]]] = {}
     for language, system in sorted(pairs):
         values = [s[language][system] for s in fold_scores if system in s.get(language, {})]
+        metrics = [m for m in (*SET_METRICS, *WHEEL_METRICS) if all(m in v for v in values)]
         summary.setdefault(language, {})[system] = {
-            metric: mean_std([float(v[metric]) for v in values])
-            for metric in ("accuracy", "recall", "average")
+            metric: mean_std([float(v[metric]) for v in values]) for metric in metrics
         }
     return summary

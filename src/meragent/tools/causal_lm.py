@@ -14,9 +14,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meragent.errors import ModelLoadError
+from meragent.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    from meragent.tools.causal_lm_decoding import DecodingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class LoadedLM:
     tokenizer: Any
     model_id: str
     has_chat_template: bool
+    #: ``fp32`` or ``bf16`` (CPU/CUDA autocast over fp32 weights) for generation.
+    precision: str = "fp32"
 
 
 @dataclass
@@ -55,6 +60,8 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    #: The answer ran into ``max_new_tokens`` without ending (its last item may be cut).
+    hit_cap: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,47 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype not in choices:
         raise ModelLoadError(_ROLE, dtype, f"unknown dtype (use auto or {', '.join(choices)})")
     return choices[dtype]
+
+
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU advertises native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    try:
+        flags = cpuinfo.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto|fp32|bf16`` -> ``fp32`` or ``bf16``: ``auto`` is bf16 where the hardware has it.
+
+    Stand-in with the same rule as the shared setting (issue 13): CUDA with bf16 support or a
+    CPU with avx512_bf16/AMX gets bf16, everything else fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast_context(precision: str, device_type: str) -> Any:
+    """bf16 autocast on ``device_type`` (weights stay fp32), or a no-op for ``fp32``."""
+    import contextlib
+
+    import torch
+
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def _same_base(declared: str, configured: str) -> bool:
@@ -184,7 +232,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_causal_lm_uncached(
-    model: str, *, adapter: str | None = None, device: str = "cpu", dtype: str = "auto"
+    model: str,
+    *,
+    adapter: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    precision: str = "fp32",
 ) -> LoadedLM:
     """Load a fresh model + tokenizer (+ adapter): callers that mutate the model use this."""
     if adapter is not None:
@@ -201,7 +254,11 @@ def load_causal_lm_uncached(
             raise ModelLoadError("LoRA adapter", adapter, _first_line(exc)) from exc
         model_id = f"{model}+{Path(adapter).name}"
     return LoadedLM(
-        model=lm, tokenizer=tokenizer, model_id=model_id, has_chat_template=has_template
+        model=lm,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        has_chat_template=has_template,
+        precision=resolve_precision(precision, resolve_device(device)),
     )
 
 
@@ -234,14 +291,22 @@ def generate_chat_batch(
     lm: LoadedLM,
     conversations: list[list[dict[str, str]]],
     *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    decoding: DecodingSettings | None = None,
 ) -> list[GenerationResult]:
-    """Answer several conversations in one left-padded batch (greedy when temperature is 0)."""
+    """Answer several conversations in one left-padded batch.
+
+    ``decoding`` says how to decode (greedy at temperature 0, stop rules of its answer shape);
+    ``max_new_tokens`` / ``temperature``, when given, override its values.
+    """
     import torch
+
+    from meragent.tools.causal_lm_decoding import stopping_criteria, trim_repeats
 
     if not conversations:
         return []
+    settings = _settings(decoding, max_new_tokens, temperature)
     tokenizer = lm.tokenizer
     prompts = [render_chat(tokenizer, msgs, generation_prompt=True) for msgs in conversations]
     previous_side = tokenizer.padding_side
@@ -254,32 +319,43 @@ def generate_chat_batch(
     device = next(lm.model.parameters()).device
     # Only ids and mask: some tokenizers add token_type_ids, which decoder LMs reject.
     batch = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature}
-        if temperature > 0
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
-    with torch.no_grad():
+    prompt_width = batch["input_ids"].shape[1]
+    with torch.no_grad(), autocast_context(lm.precision, device.type):
         output = lm.model.generate(
             **batch,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=settings.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-            **sampling,
+            stopping_criteria=stopping_criteria(tokenizer, prompt_width, settings),
+            **settings.generate_kwargs(),
         )
-    prompt_width = batch["input_ids"].shape[1]
     stops = stop_token_ids(lm)
     results = []
     for row, mask in zip(output, batch["attention_mask"], strict=True):
-        new_tokens = row[prompt_width:]
-        completion = _cut_at_stop(new_tokens.tolist(), stops)
+        completion, stopped = _cut_at_stop(row[prompt_width:].tolist(), stops)
+        text = tokenizer.decode(completion, skip_special_tokens=True).strip()
         results.append(
             GenerationResult(
-                text=tokenizer.decode(completion, skip_special_tokens=True).strip(),
+                text=trim_repeats(text, settings),
                 prompt_tokens=int(mask.sum()),
                 completion_tokens=len(completion),
+                hit_cap=not stopped and len(completion) >= settings.max_new_tokens,
             )
         )
     return results
+
+
+def _settings(
+    decoding: DecodingSettings | None, max_new_tokens: int | None, temperature: float | None
+) -> DecodingSettings:
+    from meragent.tools.causal_lm_decoding import DecodingSettings
+
+    settings = decoding if decoding is not None else DecodingSettings()
+    updates: dict[str, Any] = {}
+    if max_new_tokens is not None:
+        updates["max_new_tokens"] = max_new_tokens
+    if temperature is not None:
+        updates["temperature"] = temperature
+    return settings.model_copy(update=updates) if updates else settings
 
 
 def stop_token_ids(lm: LoadedLM) -> set[int]:
@@ -292,22 +368,26 @@ def stop_token_ids(lm: LoadedLM) -> set[int]:
     return {int(token) for token in stops if token is not None}
 
 
-def _cut_at_stop(tokens: list[int], stops: set[int]) -> list[int]:
-    """Cut a generated row after its first stop token: later tokens are batch padding."""
+def _cut_at_stop(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """Cut a generated row after its first stop token (later tokens are batch padding).
+
+    Returns the completion and whether it ended by a stop token.
+    """
     for index, token in enumerate(tokens):
         if token in stops:
-            return tokens[: index + 1]
-    return tokens
+            return tokens[: index + 1], True
+    return tokens, False
 
 
 def generate_chat(
     lm: LoadedLM,
     messages: list[dict[str, str]],
     *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    decoding: DecodingSettings | None = None,
 ) -> GenerationResult:
-    """Answer one conversation (greedy when temperature is 0)."""
+    """Answer one conversation (see ``generate_chat_batch``)."""
     return generate_chat_batch(
-        lm, [messages], max_new_tokens=max_new_tokens, temperature=temperature
+        lm, [messages], max_new_tokens=max_new_tokens, temperature=temperature, decoding=decoding
     )[0]
