@@ -10,7 +10,7 @@ Input per clip, as the Ray executor's encoder stage receives it: a 16 kHz wavefo
 from ``--audio-s``), ``--frames`` face crops of 224 x 224 (face detection runs in the CPU decode
 stage and is not timed here) and a Chinese subtitle (``--chars``). For each dtype and batch size:
 
-* ``path``: the encoder stage's own calls (``ray_stages.encode_batch``: feature extraction,
+* ``path``: the encoder stage's own calls (``tools.encoding.encode_payloads``: feature extraction,
   image processing and tokenisation on the host, the forward passes, pooling, copies back) and
   the attention-fusion head's forward (``FusionPredictor.predict_batch``) up to the six-class
   answer of every clip;
@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from meragent.graphs.ray_stages import encode_batch
 from meragent.schema import EMOTIONS
+from meragent.tools.encoding import encode_payloads as encode_batch
 
 GPU_RESULT = Path(__file__).resolve().parent / "results" / "six_class_gpu.json"
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

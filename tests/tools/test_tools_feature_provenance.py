@@ -182,7 +182,8 @@ def test_lexical_tool_recomputes_when_the_subtitle_changed(tmp_path: Path) -> No
 
 def test_ray_encoder_stage_does_not_serve_a_vector_of_other_media(tmp_path: Path) -> None:
     """Stage 2 of the Ray executor looks the cache up with the clip's source, too."""
-    from meragent.graphs.ray_stages import CLIP, EncoderStage, bytes_array
+    from meragent.data.media_types import DecodedMedia
+    from meragent.graphs.ray_stages import CLIP, EncoderStage, bytes_array, decode_clip, objects
     from meragent.tools.lazy import Lazy
 
     encoder = TextEncoderDouble()
@@ -191,11 +192,14 @@ def test_ray_encoder_stage_does_not_serve_a_vector_of_other_media(tmp_path: Path
     tool = LexicalTool(cache=cache, encoder=slot)
     cache.save("text-UTT", "c", np.zeros(2), source=SourceStamp.of_text("old"), recipe=slot.recipe)
     stage = object.__new__(EncoderStage)
-    clips = [Clip(id="c", subtitle="new words")]
-    batch = {CLIP: np.array([c.model_dump_json() for c in clips], dtype=object)}
-    vectors, errors = stage._encode("lexical", tool, batch, clips)
-    assert errors == [""] and encoder.calls == 1
-    vector = bytes_array(vectors[0])
+    stage.tools = {"lexical": tool}
+    clip = Clip(id="c", subtitle="new words")
+    row = decode_clip(clip, lambda c: DecodedMedia(clip_id=c.id, sample_rate=16000, duration=1.0))
+    batch = {CLIP: objects([clip.model_dump_json()])}
+    batch.update({name: objects([value]) for name, value in row.items()})
+    columns = stage(batch)
+    assert list(columns["err_lexical"]) == [""] and encoder.calls == 1
+    vector = bytes_array(columns["vec_lexical"][0])
     assert vector is not None and vector[0] == len("new words")
 
 
@@ -346,17 +350,19 @@ def _prosody_only_profile(path: Path) -> Path:
 def test_batch_on_the_noisy_copy_caches_the_noisy_vectors(
     clean_and_noisy: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    from meragent_fakes import fake_run_deps
+
     from meragent.config import load_settings
     from meragent.graphs.batch import BatchOptions, run_batch
-    from meragent.graphs.runtime import build_runtime, fake_runtime
+    from meragent.graphs.runtime import load_run_deps
 
     profile = _prosody_only_profile(tmp_path / "prosody.toml")
     settings = load_settings(profile=str(profile), home=tmp_path / "home", num_frames=2)
     folder = settings.features_dir / PROSODY_FEATURE
     found = {}
     for name, manifest in zip(("clean", "noisy"), clean_and_noisy, strict=True):
-        runtime = build_runtime(settings, track="all")
-        fakes = fake_runtime(settings=settings)
+        runtime = load_run_deps(settings, track="all")
+        fakes = fake_run_deps(settings=settings)
         runtime.chat_models, runtime.tally = fakes.chat_models, fakes.tally
         options = BatchOptions(progress=False, concurrency=2)
         summary = run_batch(settings, manifest, name, options, runtime=runtime)

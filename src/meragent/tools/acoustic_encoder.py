@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from meragent.config import autocast
 from meragent.errors import DataError, ModelLoadError
 from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
 
@@ -48,7 +49,8 @@ def pool_hidden_states(hidden_states: Any, frame_mask: Any, layers: int, pooling
     """
     import torch
 
-    summed = torch.stack(hidden_states[-layers:], dim=0).sum(dim=0).float()
+    # fp32 before the sum: bf16 hidden states (autocast) are pooled in full precision.
+    summed = torch.stack([h.float() for h in hidden_states[-layers:]], dim=0).sum(dim=0)
     frames = summed[frame_mask]
     if frames.shape[0] == 0:
         raise DataError("audio is too short to produce a single encoder frame")
@@ -68,6 +70,8 @@ class AcousticEncoder:
     layers: int = 4
     pooling: str = "mean"
     chunk_s: float = 10.0
+    #: ``fp32`` or ``bf16`` (autocast over fp32 weights; pooling stays fp32).
+    precision: str = "fp32"
 
     @property
     def dim(self) -> int:
@@ -127,7 +131,7 @@ class AcousticEncoder:
         # trained without one; padded frames are still excluded from pooling below.
         if getattr(self.feature_extractor, "return_attention_mask", False):
             kwargs["attention_mask"] = sample_mask.to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             output = self.model(**kwargs, output_hidden_states=True)
         hidden = output.hidden_states
         n_frames = hidden[-1].shape[1]
@@ -152,6 +156,7 @@ def load_acoustic_encoder(
     pooling: str = "mean",
     chunk_s: float = 10.0,
     dtype: str = "float32",
+    precision: str = "fp32",
 ) -> AcousticEncoder:
     """Load a HuBERT/wav2vec2 encoder + its feature extractor from a hub id or a local folder."""
     source = resolve_model_source(ROLE, model_id_or_path)
@@ -176,4 +181,5 @@ def load_acoustic_encoder(
         layers=layers,
         pooling=pooling,
         chunk_s=chunk_s,
+        precision=precision,
     )

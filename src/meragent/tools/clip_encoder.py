@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from meragent.config import autocast
 from meragent.errors import DataError
 from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
 
@@ -25,6 +26,8 @@ class ClipImageEncoder:
     processor: Any
     model_id: str
     device: str
+    #: ``fp32`` or ``bf16`` (autocast over fp32 weights; the frame mean stays fp32).
+    precision: str = "fp32"
 
     @property
     def dim(self) -> int:
@@ -41,7 +44,7 @@ class ClipImageEncoder:
         for start in range(0, len(images), max(1, batch_size)):
             batch = list(images[start : start + max(1, batch_size)])
             pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 features = self.model.get_image_features(
                     pixel_values=pixels.to(self.device, self.model.dtype)
                 )
@@ -68,7 +71,7 @@ class ClipImageEncoder:
 
 
 def load_clip_encoder(
-    model_id_or_path: str, *, device: str = "cpu", dtype: str = "float32"
+    model_id_or_path: str, *, device: str = "cpu", dtype: str = "float32", precision: str = "fp32"
 ) -> ClipImageEncoder:
     """Load a CLIP model and its image processor from a hub id or a local folder."""
     source = resolve_model_source(ROLE, model_id_or_path)
@@ -79,5 +82,9 @@ def load_clip_encoder(
         model = CLIPModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
     model.to(device).eval()
     return ClipImageEncoder(
-        model=model, processor=processor, model_id=str(model_id_or_path), device=device
+        model=model,
+        processor=processor,
+        model_id=str(model_id_or_path),
+        device=device,
+        precision=precision,
     )

@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from meragent.config import RoleConfig, Settings
+from meragent.config import (
+    RoleConfig,
+    Settings,
+    announce_precision,
+    resolve_device,
+    resolve_precision,
+)
 from meragent.errors import ConfigError, DataError, MeragentError
 from meragent.schema import Clip, ClipFailure
 from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
@@ -37,7 +43,7 @@ from meragent.tools.modality_tools import (
     fer_recipe,
     prosody_recipe,
 )
-from meragent.tools.model_source import first_line, resolve_device
+from meragent.tools.model_source import first_line
 from meragent.tools.registry import (
     acoustic_recipe,
     clip_recipe,
@@ -70,6 +76,8 @@ class ExtractReport:
     failures: list[ClipFailure] = field(default_factory=list)
     manifest_errors: list[str] = field(default_factory=list)
     failures_path: Path | None = None
+    #: The precision the encoder computed in (``fp32`` or ``bf16``; fp32 for bundled models).
+    precision: str = "fp32"
 
 
 @dataclass
@@ -81,15 +89,20 @@ class Extractor:
     needs: str  # "audio" | "frames" | "text"
     encode_batch: Callable[[list[Any]], list[np.ndarray]]
     recipe: FeatureRecipe
+    precision: str = "fp32"
 
 
-def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str) -> Extractor:
+def _audio_extractor(
+    kind: str, model: str, options: dict[str, Any], device: str, precision: str
+) -> Extractor:
     from meragent.tools.acoustic_encoder import load_acoustic_encoder
 
     layers = int(options.get("layers", 4))
     pooling = str(options.get("pooling", "mean"))
     chunk_s = float(options.get("chunk_s", 10.0))
-    recipe = acoustic_recipe(model, layers=layers, pooling=pooling, chunk_s=chunk_s)
+    recipe = acoustic_recipe(
+        model, layers=layers, pooling=pooling, chunk_s=chunk_s, precision=precision
+    )
     encoder = load_acoustic_encoder(
         model,
         device=device,
@@ -97,6 +110,7 @@ def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str
         pooling=pooling,
         chunk_s=chunk_s,
         dtype=str(options.get("dtype", "float32")),
+        precision=precision,
     )
     feature = str(
         options.get("feature_name") or feature_name_for(model, layers=layers, pooling=pooling)
@@ -107,6 +121,7 @@ def _audio_extractor(kind: str, model: str, options: dict[str, Any], device: str
         "audio",
         lambda audios: encoder.encode_many(audios, batch_size=len(audios)),
         recipe,
+        precision,
     )
 
 
@@ -120,14 +135,17 @@ def _prosody_extractor() -> Extractor:
 
 
 def _clip_extractor(
-    settings: Settings, model: str, options: dict[str, Any], device: str
+    settings: Settings, model: str, options: dict[str, Any], device: str, precision: str
 ) -> Extractor:
     from meragent.tools.clip_encoder import load_clip_encoder
     from meragent.tools.faces import crop_faces, load_face_detector
 
     yunet = options.get("yunet_onnx") or yunet_path(settings)
-    recipe = clip_recipe(model, frames=settings.num_frames, detector=detector_identity(yunet))
-    encoder = load_clip_encoder(model, device=device, dtype=str(options.get("dtype", "float32")))
+    recipe = clip_recipe(
+        model, frames=settings.num_frames, detector=detector_identity(yunet), precision=precision
+    )
+    dtype = str(options.get("dtype", "float32"))
+    encoder = load_clip_encoder(model, device=device, dtype=dtype, precision=precision)
     detector = load_face_detector(yunet)
     feature = str(options.get("feature_name") or feature_name_for(model))
 
@@ -135,7 +153,7 @@ def _clip_extractor(
         crops = [crop_faces(frames, detector).crops for frames in frame_sets]
         return encoder.encode_many(crops)
 
-    return Extractor(feature, model, "frames", encode, recipe)
+    return Extractor(feature, model, "frames", encode, recipe, precision)
 
 
 def _fer_extractor(settings: Settings, model_path: str | None) -> Extractor:
@@ -162,31 +180,37 @@ def _fer_extractor(settings: Settings, model_path: str | None) -> Extractor:
     return Extractor(FER_FEATURE, "fer", "frames", encode, recipe)
 
 
-def _text_extractor(backend: str, model: str, options: dict[str, Any], device: str) -> Extractor:
+def _text_extractor(
+    backend: str, model: str, options: dict[str, Any], device: str, precision: str
+) -> Extractor:
     from meragent.tools.text_encoder import load_text_encoder
 
     layers = int(options.get("layers", 4))
-    recipe = text_recipe(backend, model, layers=layers)
-    encoder = load_text_encoder(backend, model, device=device, layers=layers)
+    precision = precision if backend == "hf" else "fp32"  # the bundled MiniLM runs in fp32
+    recipe = text_recipe(backend, model, layers=layers, precision=precision)
+    encoder = load_text_encoder(backend, model, device=device, layers=layers, precision=precision)
     feature = str(options.get("feature_name") or feature_name_for(model, layers=layers))
-    return Extractor(feature, model, "text", lambda texts: list(encoder.encode(texts)), recipe)
+    encode = lambda texts: list(encoder.encode(texts))  # noqa: E731
+    return Extractor(feature, model, "text", encode, recipe, precision)
 
 
-def _from_role(settings: Settings, role: str, device: str, overrides: dict[str, Any]) -> Extractor:
+def _from_role(
+    settings: Settings, role: str, device: str, overrides: dict[str, Any], precision: str
+) -> Extractor:
     config: RoleConfig = settings.role(role)
     options = {**config.options, **overrides}
     if role == "acoustic_encoder":
         if config.backend == "prosody":
             return _prosody_extractor()
         if config.backend in ("hubert", "wav2vec2") and config.model:
-            return _audio_extractor(config.backend, config.model, options, device)
+            return _audio_extractor(config.backend, config.model, options, device, precision)
     if role == "visual_encoder" and config.backend == "clip" and config.model:
-        extractor = _clip_extractor(settings, config.model, config.options, device)
+        extractor = _clip_extractor(settings, config.model, config.options, device, precision)
         extractor.feature = role_feature_name(config, config.model)
         return extractor
     if role == "text_encoder" and config.backend in ("hf", "minilm"):
         model = config.model or "bundled:minilm"
-        return _text_extractor(config.backend, model, options, device)
+        return _text_extractor(config.backend, model, options, device, precision)
     raise ConfigError(
         f"profile {settings.profile!r} has no extractable model for role {role} "
         f"(backend {config.backend!r}); name one explicitly, e.g. --encoder hubert:MODEL"
@@ -194,7 +218,11 @@ def _from_role(settings: Settings, role: str, device: str, overrides: dict[str, 
 
 
 def build_extractor(
-    settings: Settings, encoder: str, device: str, layers: int | None = None
+    settings: Settings,
+    encoder: str,
+    device: str,
+    layers: int | None = None,
+    precision: str = "fp32",
 ) -> Extractor:
     """Resolve an ``--encoder`` name (see the module docstring) into a loaded extractor.
 
@@ -207,19 +235,19 @@ def build_extractor(
             kinds = ", ".join(EXPLICIT_KINDS)
             raise ConfigError(f"unknown encoder {encoder!r}: use KIND:MODEL with KIND in {kinds}")
         if kind in ("hubert", "wav2vec2"):
-            return _audio_extractor(kind, model, overrides, device)
+            return _audio_extractor(kind, model, overrides, device, precision)
         if kind == "clip":
-            return _clip_extractor(settings, model, {}, device)
-        return _text_extractor(kind, model, overrides, device)
+            return _clip_extractor(settings, model, {}, device, precision)
+        return _text_extractor(kind, model, overrides, device, precision)
     roles = {"acoustic": "acoustic_encoder", "visual": "visual_encoder", "lexical": "text_encoder"}
     if encoder in roles:
-        return _from_role(settings, roles[encoder], device, overrides)
+        return _from_role(settings, roles[encoder], device, overrides, precision)
     if encoder == "prosody":
         return _prosody_extractor()
     if encoder == "fer":
         return _fer_extractor(settings, settings.role("facial_expression").model)
     if encoder in ("minilm", "bundled:minilm"):
-        return _text_extractor("minilm", "bundled:minilm", {}, device)
+        return _text_extractor("minilm", "bundled:minilm", {}, device, "fp32")
     raise ConfigError(
         f"unknown encoder {encoder!r} (use one of {', '.join(NAMED_ENCODERS)} or KIND:MODEL)"
     )
@@ -327,19 +355,27 @@ def extract_features(
     feature_name: str | None = None,
     subtitle_language: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    precision: str | None = None,
 ) -> ExtractReport:
     """Fill the feature cache for every clip of ``source`` with ``encoder``'s vectors.
 
     ``feature_name`` overrides the cache folder's name; ``subtitle_language`` picks the
     transcript column text encoders read (see ``load_manifest``). ``progress(done, total)`` is
-    called after each clip (cached ones count as done at once).
+    called after each clip (cached ones count as done at once). ``precision`` (``auto|fp32|
+    bf16``, default the settings') applies to HuBERT/wav2vec2, CLIP and HF text encoders; the
+    folder's recipe records bf16, so bf16 and fp32 vectors never share a folder.
     """
     from meragent.data.manifest import MediaPolicy, load_manifest
 
     _check_options(batch_size, device)
-    extractor = build_extractor(
-        settings, encoder, resolve_device(device or settings.device), layers=layers
-    )
+    device_name = resolve_device(device or settings.device)
+    wanted = precision or settings.precision
+    resolved = resolve_precision(wanted, device_name)
+    extractor = build_extractor(settings, encoder, device_name, layers=layers, precision=resolved)
+    if extractor.model_id not in ("prosody", "fer") and not extractor.model_id.startswith(
+        "bundled:"
+    ):
+        announce_precision(wanted, device_name)
     # A text encoder reads only the subtitle: rows without media (MERTools labels) are clips.
     media: MediaPolicy = "optional" if extractor.needs == "text" else "required"
     loaded = load_manifest(
@@ -406,6 +442,7 @@ def extract_features(
         failures=failures,
         manifest_errors=[str(error) for error in loaded.errors],
         failures_path=failures_path,
+        precision=extractor.precision,
     )
 
 

@@ -1,59 +1,73 @@
 """Load-once holders: a model is loaded on first use and shared by every tool in the process.
 
-Tool nodes run in parallel threads, so loading is guarded by a lock; a failed load is not
-cached (the next clip retries and reports the same clear error instead of a stale one).
-First loads are serialised process-wide: ``transformers``' ``from_pretrained`` (and its lazy
-module imports) is not thread-safe, and two models loading at once in parallel tool nodes left
-parameters on the meta device ("Cannot copy out of meta tensor").
+Tool nodes run in parallel threads, so each holder (and each shared key) has its own lock: two
+tools wanting the same model wait for one load, while loads of different models do not wait
+for each other here. A loader may legitimately return None ("no head trained for this
+feature"); that answer is kept like any other, so it is not looked for again on every clip. A
+failed load is not kept (the next clip retries and reports the same clear error).
+
+What is really not thread-safe is ``transformers``' ``from_pretrained`` (it patches
+``torch.nn.Module`` globally while it builds a model: two models loading at once left
+parameters on the meta device); :func:`meragent.tools.model_source.model_load_errors` serialises
+those calls alone, so a slow non-HF load (a TFLite file, a face detector) never blocks them.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
+
+class _Unset:
+    """The sentinel of a holder that has not loaded yet (None is a legitimate value)."""
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+
+UNSET: Any = _Unset()
 _SHARED: dict[Hashable, Any] = {}
-_KEY_LOCKS: dict[Hashable, threading.Lock] = {}
+_KEY_LOCKS: dict[Hashable, threading.RLock] = {}
 _SHARED_LOCK = threading.Lock()
-#: Held while any holder loads; re-entrant so a loader may itself use another holder.
-_LOAD_LOCK = threading.RLock()
+
+
+def _key_lock(key: Hashable) -> threading.RLock:
+    with _SHARED_LOCK:
+        return _KEY_LOCKS.setdefault(key, threading.RLock())
 
 
 class Lazy(Generic[T]):
-    """Calls ``loader`` the first time ``get()`` is called and keeps the result."""
+    """Calls ``loader`` the first time ``get()`` is called and keeps the result (even None)."""
 
     def __init__(self, loader: Callable[[], T], key: Hashable | None = None) -> None:
         self._loader = loader
         self._key = key
-        self._value: T | None = None
-        self._lock = threading.Lock()
+        self._value: Any = UNSET
+        self._lock = threading.RLock() if key is None else _key_lock(key)
 
     @property
     def loaded(self) -> bool:
-        return self._value is not None
+        return self._value is not UNSET
 
     def get(self) -> T:
-        if self._value is None:
-            with _LOAD_LOCK, self._lock:
-                if self._value is None:
+        value = self._value
+        if value is UNSET:
+            with self._lock:
+                if self._value is UNSET:
                     self._value = self._load()
-        return self._value
+                value = self._value
+        return cast(T, value)
 
     def _load(self) -> T:
         if self._key is None:
             return self._loader()
-        with _SHARED_LOCK:
-            key_lock = _KEY_LOCKS.setdefault(self._key, threading.Lock())
-        # One lock per key: two tools wanting the same model wait for one load, while loads of
-        # different models can proceed side by side.
-        with key_lock:
-            if self._key not in _SHARED:
-                _SHARED[self._key] = self._loader()
-            value: T = _SHARED[self._key]
-            return value
+        # The key's lock is held: read or fill the process-wide entry for this model.
+        if self._key not in _SHARED:
+            _SHARED[self._key] = self._loader()
+        return cast(T, _SHARED[self._key])
 
 
 def shared(key: Hashable, loader: Callable[[], T]) -> Lazy[T]:

@@ -10,6 +10,12 @@ text) by the same model and recipe; a folder dropped in from MERTools is trusted
 A missing modality gives ``Clue.unavailable``; a clip that breaks one model (too short, corrupt
 frames) keeps whatever the other models found and records the error on the clue. Configuration
 problems (``ModelLoadError``) do propagate: they affect every clip and must be seen.
+
+Every tool is batchable in two phases (``meragent.tools.base.BatchableTool``): ``prepare`` gives
+the encoder's input for a clip (or None), ``encode_batch`` runs the encoder over many clips at
+once, and ``finish(clip, media, vector)`` builds the clue from a vector computed elsewhere (or,
+without one, from the cache or a batch-1 encode: that is ``analyze``). ``cached``/``save`` read
+and write the feature cache with the tool's recipe and the input's source stamp.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 from meragent.data.media_types import DecodedMedia
 from meragent.errors import DataError, ModelLoadError
 from meragent.schema import EMOTIONS, Clip, Clue, Modality
+from meragent.tools.encoding import Encoded, EncoderInput, SlotEncoding
 from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
 from meragent.tools.heads import EmotionHead
 from meragent.tools.lazy import Lazy
@@ -82,6 +89,11 @@ def encoder_source(modality: str, clip: Clip, text: str | None = None) -> Source
     return SourceStamp.of_clip(clip)
 
 
+def heard_given(data: dict[str, Any]) -> bool:
+    """Whether the lexical words are the given subtitle (what ``prepare`` encoded)."""
+    return data.get("origin") == "given"
+
+
 def head_probs(
     head: Lazy[EmotionHead | None] | None, vector: np.ndarray
 ) -> dict[str, float] | None:
@@ -89,6 +101,28 @@ def head_probs(
         return None
     loaded = head.get()
     return None if loaded is None else loaded.probs_dict(vector)
+
+
+def given_or_cached(
+    cache: FeatureCache,
+    slot: EncoderSlot,
+    clip_id: str,
+    source: SourceStamp | None,
+    compute: Callable[[], np.ndarray],
+    given: Encoded,
+) -> tuple[np.ndarray, str]:
+    """The clip's vector: the cache's, else ``given`` (a batched encode's), else ``compute()``.
+
+    A given error is raised here, so the caller reports it exactly as a batch-1 failure.
+    """
+    if isinstance(given, BaseException):
+        raise given
+    if given is not None:
+        vector = np.asarray(given, dtype=np.float32)
+        compute = lambda: vector  # noqa: E731 - the cache still wins when it has a vector
+    return cached_or_computed(
+        cache, slot.feature, clip_id, compute, source=source, recipe=slot.recipe
+    )
 
 
 @dataclass
@@ -108,15 +142,25 @@ class EncoderSlot:
 
 
 @dataclass
-class AcousticTool:
+class AcousticTool(SlotEncoding):
     """Prosody clue (always, when enabled) + speech-encoder embedding and head probabilities."""
 
     cache: FeatureCache
     encoder: EncoderSlot | None = None
     prosody: bool = True
     name: str = "acoustic"
+    modality: str = "acoustic"
+
+    def prepare(self, clip: Clip, media: DecodedMedia) -> EncoderInput | None:
+        if self.encoder is None or not media.has_audio or media.audio is None:
+            return None
+        payload = (media.audio, int(media.sample_rate))
+        return EncoderInput(clip.id, payload, SourceStamp.of_clip(clip))
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        return self.finish(clip, media)
+
+    def finish(self, clip: Clip, media: DecodedMedia, vector: Encoded = None) -> Clue:
         if not media.has_audio or media.audio is None:
             return Clue.unavailable(Modality.ACOUSTIC, self.name, "clip has no audio track")
         if not self.prosody and self.encoder is None:
@@ -146,15 +190,15 @@ class AcousticTool:
         if self.encoder is not None:
             slot = self.encoder
             try:
-                vector, feature_ref = cached_or_computed(
+                embedding, feature_ref = given_or_cached(
                     self.cache,
-                    slot.feature,
+                    slot,
                     clip.id,
+                    SourceStamp.of_clip(clip),
                     lambda: slot.model.get().encode(audio, media.sample_rate),
-                    source=SourceStamp.of_clip(clip),
-                    recipe=slot.recipe,
+                    vector,
                 )
-                probs = head_probs(slot.head, vector)
+                probs = head_probs(slot.head, embedding)
             except ModelLoadError:
                 raise
             except CLIP_ERRORS as exc:
@@ -176,7 +220,7 @@ class AcousticTool:
 
 
 @dataclass
-class VisualTool:
+class VisualTool(SlotEncoding):
     """Face crops → facial-expression probabilities and/or a CLIP embedding (+ head)."""
 
     cache: FeatureCache
@@ -185,8 +229,21 @@ class VisualTool:
     expression: Lazy[Any] | None = None
     name: str = "visual"
     expression_recipe: FeatureRecipe | None = None
+    modality: str = "visual"
+
+    def prepare(self, clip: Clip, media: DecodedMedia) -> EncoderInput | None:
+        """The clip's face crops (centre crops when no face is found), as ``finish`` makes them."""
+        from meragent.tools.faces import crop_faces
+
+        if self.encoder is None or not media.has_video or media.frames is None:
+            return None
+        faces = crop_faces(media.frames, self.detector.get())
+        return EncoderInput(clip.id, faces.crops, SourceStamp.of_clip(clip))
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        return self.finish(clip, media)
+
+    def finish(self, clip: Clip, media: DecodedMedia, vector: Encoded = None) -> Clue:
         from meragent.tools.faces import crop_faces
 
         if not media.has_video or media.frames is None:
@@ -214,15 +271,15 @@ class VisualTool:
         if self.encoder is not None:
             slot = self.encoder
             try:
-                vector, feature_ref = cached_or_computed(
+                embedding, feature_ref = given_or_cached(
                     self.cache,
-                    slot.feature,
+                    slot,
                     clip.id,
+                    SourceStamp.of_clip(clip),
                     lambda: slot.model.get().encode_clip(faces.crops),
-                    source=SourceStamp.of_clip(clip),
-                    recipe=slot.recipe,
+                    vector,
                 )
-                encoded_probs = head_probs(slot.head, vector)
+                encoded_probs = head_probs(slot.head, embedding)
             except ModelLoadError:
                 raise
             except CLIP_ERRORS as exc:
@@ -277,15 +334,26 @@ class VisualTool:
 
 
 @dataclass
-class LexicalTool:
+class LexicalTool(SlotEncoding):
     """Subtitle (given, or transcribed) → text clue + text embedding (+ head)."""
 
     cache: FeatureCache
     asr: Lazy[Any] | None = None
     encoder: EncoderSlot | None = None
     name: str = "lexical"
+    modality: str = "lexical"
+
+    def prepare(self, clip: Clip, media: DecodedMedia) -> EncoderInput | None:
+        """The given subtitle; None without one (``finish`` transcribes and encodes alone)."""
+        text = (clip.subtitle or "").strip()
+        if self.encoder is None or not text:
+            return None
+        return EncoderInput(clip.id, text, SourceStamp.of_text(text))
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        return self.finish(clip, media)
+
+    def finish(self, clip: Clip, media: DecodedMedia, vector: Encoded = None) -> Clue:
         heard = self._subtitle(clip, media)
         if isinstance(heard, Clue):
             return heard
@@ -296,15 +364,15 @@ class LexicalTool:
         if self.encoder is not None:
             slot = self.encoder
             try:
-                vector, feature_ref = cached_or_computed(
+                embedding, feature_ref = given_or_cached(
                     self.cache,
-                    slot.feature,
+                    slot,
                     clip.id,
+                    SourceStamp.of_text(subtitle),
                     lambda: slot.model.get().encode([subtitle])[0],
-                    source=SourceStamp.of_text(subtitle),
-                    recipe=slot.recipe,
+                    vector if heard_given(data) else None,
                 )
-                probs = head_probs(slot.head, vector) if subtitle else None
+                probs = head_probs(slot.head, embedding) if subtitle else None
             except ModelLoadError:
                 raise
             except CLIP_ERRORS as exc:

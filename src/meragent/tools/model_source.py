@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,24 +47,23 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: Serialises weight loads (re-entrant: a loader may load a sub-model). ``from_pretrained``
+#: patches ``torch.nn.Module`` globally while it builds a model, so two loads at once in parallel
+#: tool nodes left parameters on the meta device; inference itself runs unlocked.
+HF_LOAD_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def model_load_errors(role: str, source: str) -> Iterator[None]:
-    """Turn the many ways ``from_pretrained`` fails into one ``ModelLoadError`` line."""
+    """Load under :data:`HF_LOAD_LOCK`, turning the many ways ``from_pretrained`` fails into
+    one ``ModelLoadError`` line."""
     try:
-        yield
+        with HF_LOAD_LOCK:
+            yield
     except MeragentError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as exc:
         raise ModelLoadError(role, source, first_line(exc)) from exc
-
-
-def resolve_device(device: str | None) -> str:
-    """``auto``/None → ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def torch_dtype(name: str | None, device: str) -> object:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meragent.config import RoleConfig, Settings
+from meragent.config import RoleConfig, Settings, announce_precision
 from meragent.errors import ConfigError, ModelLoadError
-from meragent.tools.base import Describer, ModalityTool
+from meragent.tools.base import Describer
 from meragent.tools.feature_cache import FeatureCache, FeatureRecipe
 from meragent.tools.heads import EmotionHead, head_exists, load_head
 from meragent.tools.lazy import Lazy, shared
@@ -57,9 +57,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class ToolSet:
     """What the graph's tool nodes call for one clip."""
 
-    acoustic: ModalityTool
-    visual: ModalityTool
-    lexical: ModalityTool
+    acoustic: AcousticTool
+    visual: VisualTool
+    lexical: LexicalTool
     audio_describer: Describer | None = None
     video_describer: Describer | None = None
 
@@ -112,21 +112,37 @@ def detector_identity(yunet_onnx: str | None) -> str:
     return str(Path(yunet_onnx).expanduser().resolve()) if yunet_onnx else "haar-cascade"
 
 
-def acoustic_recipe(model: str, *, layers: int, pooling: str, chunk_s: float) -> FeatureRecipe:
+def with_precision(settings: dict[str, Any], precision: str) -> dict[str, Any]:
+    """The recipe settings plus ``precision`` when it is not fp32.
+
+    bf16 vectors differ from fp32 ones, so they never share a folder; fp32 stays unrecorded so
+    the folders written before precision existed (all fp32) keep their recipe.
+    """
+    return settings if precision == "fp32" else {**settings, "precision": precision}
+
+
+def acoustic_recipe(
+    model: str, *, layers: int, pooling: str, chunk_s: float, precision: str = "fp32"
+) -> FeatureRecipe:
     """Speech encoders always take 16 kHz audio, so the rate is not part of the recipe."""
     identity = model_identity("acoustic_encoder", model)
-    return FeatureRecipe(identity, {"layers": layers, "pooling": pooling, "chunk_s": chunk_s})
+    recipe = {"layers": layers, "pooling": pooling, "chunk_s": chunk_s}
+    return FeatureRecipe(identity, with_precision(recipe, precision))
 
 
-def clip_recipe(model: str, *, frames: int, detector: str) -> FeatureRecipe:
+def clip_recipe(
+    model: str, *, frames: int, detector: str, precision: str = "fp32"
+) -> FeatureRecipe:
     identity = model_identity("visual_encoder", model)
-    return FeatureRecipe(identity, {"frames": frames, "face_detector": detector})
+    recipe = {"frames": frames, "face_detector": detector}
+    return FeatureRecipe(identity, with_precision(recipe, precision))
 
 
-def text_recipe(backend: str, model: str, *, layers: int) -> FeatureRecipe:
+def text_recipe(backend: str, model: str, *, layers: int, precision: str = "fp32") -> FeatureRecipe:
     settings: dict[str, Any] = {"backend": backend}
     if backend == "hf":  # sentence-transformers models pool their own way, whatever the depth
         settings["layers"] = layers
+        settings = with_precision(settings, precision)  # the bundled MiniLM always runs fp32
     return FeatureRecipe(model_identity("text_encoder", model), settings, input="text")
 
 
@@ -147,6 +163,15 @@ def _device(settings: Settings) -> str:
     return settings.resolved_device()
 
 
+def _precision(settings: Settings) -> str:
+    """The settings' resolved precision (what the recipe records; printed at load time)."""
+    return settings.resolved_precision()
+
+
+def _announced_precision(settings: Settings) -> str:
+    return announce_precision(settings.precision, settings.resolved_device())
+
+
 def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool:
     config = settings.role("acoustic_encoder")
     backend = _check_backend("acoustic_encoder", config, ACOUSTIC_BACKENDS)
@@ -160,8 +185,11 @@ def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool
     pooling = str(options.get("pooling", "mean"))
     chunk_s = float(options.get("chunk_s", 10.0))
     dtype = str(options.get("dtype", "float32"))
+    precision = _precision(settings)
     feature = role_feature_name(config, model, layers=layers, pooling=pooling)
-    recipe = acoustic_recipe(model, layers=layers, pooling=pooling, chunk_s=chunk_s)
+    recipe = acoustic_recipe(
+        model, layers=layers, pooling=pooling, chunk_s=chunk_s, precision=precision
+    )
     cache.check_recipe(feature, recipe)  # a folder of another model fails now, not per clip
     prosody = bool(options.get("prosody", True))
     if prosody:
@@ -177,9 +205,10 @@ def build_acoustic_tool(settings: Settings, cache: FeatureCache) -> AcousticTool
             pooling=pooling,
             chunk_s=chunk_s,
             dtype=dtype,
+            precision=_announced_precision(settings),
         )
 
-    key = ("acoustic", model, layers, pooling, chunk_s, dtype, settings.device)
+    key = ("acoustic", model, layers, pooling, chunk_s, dtype, settings.device, precision)
     slot = EncoderSlot(
         shared(key, load), feature, model, head_holder(settings, config, feature), recipe=recipe
     )
@@ -216,15 +245,26 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
         model = _require_model("visual_encoder", visual)
         dtype = str(visual.options.get("dtype", "float32"))
         feature = role_feature_name(visual, model)
-        recipe = clip_recipe(model, frames=settings.num_frames, detector=detector_identity(yunet))
+        precision = _precision(settings)
+        recipe = clip_recipe(
+            model,
+            frames=settings.num_frames,
+            detector=detector_identity(yunet),
+            precision=precision,
+        )
         cache.check_recipe(feature, recipe)
 
         def load_clip() -> Any:
             from meragent.tools.clip_encoder import load_clip_encoder
 
-            return load_clip_encoder(model, device=_device(settings), dtype=dtype)
+            return load_clip_encoder(
+                model,
+                device=_device(settings),
+                dtype=dtype,
+                precision=_announced_precision(settings),
+            )
 
-        holder = shared(("clip", model, dtype, settings.device), load_clip)
+        holder = shared(("clip", model, dtype, settings.device, precision), load_clip)
         head = head_holder(settings, visual, feature)
         slot = EncoderSlot(holder, feature, model, head, recipe=recipe)
     fer: Lazy[Any] | None = None
@@ -266,15 +306,23 @@ def build_lexical_tool(settings: Settings, cache: FeatureCache) -> LexicalTool:
             model = _require_model("text_encoder", RoleConfig(backend=text_backend, model=model))
         layers = int(text.options.get("layers", 4))
         feature = role_feature_name(text, model, layers=layers)
-        recipe = text_recipe(text_backend, model, layers=layers)
+        precision = _precision(settings) if text_backend == "hf" else "fp32"
+        recipe = text_recipe(text_backend, model, layers=layers, precision=precision)
         cache.check_recipe(feature, recipe)
 
         def load_text() -> Any:
             from meragent.tools.text_encoder import load_text_encoder
 
-            return load_text_encoder(text_backend, model, device=_device(settings), layers=layers)
+            return load_text_encoder(
+                text_backend,
+                model,
+                device=_device(settings),
+                layers=layers,
+                precision=_announced_precision(settings) if text_backend == "hf" else "fp32",
+            )
 
-        holder = shared(("text", text_backend, model, layers, settings.device), load_text)
+        text_key = ("text", text_backend, model, layers, settings.device, precision)
+        holder = shared(text_key, load_text)
         head = head_holder(settings, text, feature)
         slot = EncoderSlot(holder, feature, model, head, recipe=recipe)
     recognizer: Lazy[Any] | None = None

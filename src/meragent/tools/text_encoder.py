@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from meragent.config import autocast
 from meragent.errors import ModelLoadError
 from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
 
@@ -51,6 +52,8 @@ class HFTextEncoder:
     layers: int = 4
     max_length: int = 512
     batch_size: int = 32
+    #: ``fp32`` or ``bf16`` (autocast over fp32 weights; pooling stays fp32).
+    precision: str = "fp32"
 
     @property
     def dim(self) -> int:
@@ -72,9 +75,9 @@ class HFTextEncoder:
         tokens = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             output = self.model(**tokens, output_hidden_states=True)
-        summed = torch.stack(output.hidden_states[-self.layers :]).sum(dim=0).float()
+        summed = torch.stack([h.float() for h in output.hidden_states[-self.layers :]]).sum(dim=0)
         mask = tokens["attention_mask"].unsqueeze(-1).float()
         pooled = (summed * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return pooled.cpu().numpy().astype(np.float32)
@@ -105,6 +108,7 @@ def load_hf_text_encoder(
     layers: int = 4,
     max_length: int = 512,
     dtype: str = "float32",
+    precision: str = "fp32",
 ) -> HFTextEncoder:
     """Load an encoder-style language model and its tokenizer from a hub id or a local folder."""
     source = resolve_model_source(ROLE, model_id_or_path)
@@ -124,6 +128,7 @@ def load_hf_text_encoder(
         device=device,
         layers=layers,
         max_length=max_length,
+        precision=precision,
     )
 
 
@@ -133,10 +138,16 @@ def load_text_encoder(
     *,
     device: str = "cpu",
     layers: int = 4,
+    precision: str = "fp32",
 ) -> TextEncoder:
-    """``backend`` ``hf`` (a hub id / folder) or ``minilm`` (the bundled sentence model)."""
+    """``backend`` ``hf`` (a hub id / folder) or ``minilm`` (the bundled sentence model).
+
+    ``precision`` applies to ``hf``; the small bundled sentence model always runs in fp32.
+    """
     if backend == "hf":
-        return load_hf_text_encoder(model_id_or_path or "", device=device, layers=layers)
+        return load_hf_text_encoder(
+            model_id_or_path or "", device=device, layers=layers, precision=precision
+        )
     if backend == "minilm":
         from meragent.tools.sentence_encoder import load_sentence_encoder
 
