@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# The test doubles (tests/doubles/meragent_fakes.py) are imported by name, as subprocesses and
+# Ray workers do with PYTHONPATH; nothing under src/ knows them.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "doubles"))
 
 # Tests never reach the Hugging Face hub: loading code must work from local paths only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -32,3 +32,18 @@ class ModelLoadError(MeragentError):
 
 class LLMError(MeragentError):
     """A chat model call failed after its retries, or returned nothing usable."""
+
+
+def one_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-empty line of ``str(exc)`` (else the type name), scrubbed of secrets.
+
+    ``with_type`` prefixes the type name (``"TimeoutError: no answer"``), as trace rows show it.
+    """
+    from meragent.secrets import scrub  # deferred: errors imports nothing of ours at import time
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    name = type(exc).__name__
+    if not lines:
+        return name
+    text = scrub(lines[0])
+    return f"{name}: {text}" if with_type else text

@@ -1,7 +1,8 @@
 """A tiny real OpenAI-compatible HTTP server on 127.0.0.1 for the client-facing tests.
 
 It answers ``/v1/chat/completions`` from a script of replies (``"ok"``, ``"json"``,
-``"garbage"``, ``"500"``, ``"400"``, ``"echo401"``, ``"text:…"``), the last one repeating, and
+``"garbage"``, ``"500"``, ``"400"``, ``"echo401"``, ``"text:…"``, ``"sleep:S"`` = answer "ok"
+after S seconds, for the client's own timeout), the last one repeating, and
 records every request's headers and JSON body, so tests can see what the real ``ChatOpenAI``
 client sent and how often it tried.
 """
@@ -47,6 +48,7 @@ class ScriptedServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def next_step(self, headers: dict[str, str], body: dict[str, Any]) -> str:
         with self.lock:
@@ -61,6 +63,10 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {k.lower(): v for k, v in self.headers.items()}
             step = server.next_step(headers, body)
+            if step.startswith("sleep:"):
+                # An Event, not time.sleep: tests record (and skip) time.sleep for backoff waits.
+                server.closing.wait(float(step[len("sleep:") :]))
+                step = "ok"
             if step == "garbage":
                 self._send(200, b"<html>upstream proxy hiccup, not json")
             elif step == "500":
@@ -80,6 +86,8 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(completion(content)).encode())
 
         def _send(self, status: int, payload: bytes) -> None:
+            if server.closing.is_set():
+                return  # the client gave up long ago
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(payload)))
@@ -103,6 +111,7 @@ def scripted_server(*script: str) -> Iterator[ScriptedServer]:
     try:
         yield state
     finally:
+        state.closing.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)

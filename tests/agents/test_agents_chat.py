@@ -1,11 +1,13 @@
-"""RoleChat policy (retries, backoff, timeout, tally) and the chat-model factory.
+"""RoleChat policy (retries, backoff, the client's timeout, usage) and the chat-model factory.
 
 The retry policy is LangChain's ``with_retry``; its waits go through ``time.sleep``, which the
-tests replace with a recorder (``sleeps``) so backoff is checked without waiting.
+tests replace with a recorder (``sleeps``) so backoff is checked without waiting. Timeouts are
+the client's own (``ChatOpenAI(timeout=...)``) against a real server on 127.0.0.1 that sleeps.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,11 @@ import pytest
 from http_double import scripted_server
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
+from meragent_fakes import ScriptedChatModel
 
 from meragent.agents.chat import (
     CallPolicy,
     ChatCallError,
-    ChatTimeoutError,
     RoleChat,
     UsageTally,
     chat_backends,
@@ -26,7 +28,6 @@ from meragent.agents.chat import (
 )
 from meragent.config import RoleConfig, load_settings
 from meragent.errors import ConfigError, LLMError
-from meragent.graphs.fakes import ScriptedChatModel
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
 
@@ -39,8 +40,8 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waited
 
 
-def _chat(model: Any, *, retries: int = 2, timeout: float | None = None, **kw: Any) -> RoleChat:
-    policy = CallPolicy(timeout_s=timeout, max_retries=retries, backoff_s=0.5, jitter_s=0.0)
+def _chat(model: Any, *, retries: int = 2, **kw: Any) -> RoleChat:
+    policy = CallPolicy(max_retries=retries, backoff_s=0.5, jitter_s=0.0)
     return RoleChat("reasoning", model, policy=policy, **kw)
 
 
@@ -84,13 +85,32 @@ def test_a_non_transient_error_is_not_retried(sleeps: list[float]) -> None:
     assert sleeps == []
 
 
-def test_a_slow_call_times_out_and_is_retried() -> None:
-    model = ScriptedChatModel(reply=lambda _: "late", delay_s=0.5)
-    chat = _chat(model, retries=1, timeout=0.05)
-    with pytest.raises(ChatCallError) as caught:
-        chat.invoke(MESSAGES)
+def test_a_slow_server_times_out_on_the_clients_timeout_and_is_retried(
+    sleeps: list[float],
+) -> None:
+    # The attempt is bounded by ChatOpenAI's own timeout (no abandoned thread): the server
+    # sleeps 3 s per request, the client gives up after 0.2 s, twice.
+    with scripted_server("sleep:3") as server:
+        settings = load_settings(llm_base_url=server.url, llm_timeout_s=0.2)
+        chat = _chat(make_chat_model(RoleConfig(backend="openai", model="m"), settings), retries=1)
+        started = time.perf_counter()
+        with pytest.raises(ChatCallError) as caught:
+            chat.invoke(MESSAGES)
+        elapsed = time.perf_counter() - started
     assert caught.value.transient and caught.value.retries == 1
-    assert f"{ChatTimeoutError.__name__}: no answer within 0.05 s" in str(caught.value)
+    assert "failed after 2 attempt(s): OpenAITimeoutError: Request timed out." in str(caught.value)
+    assert len(server.requests) == 2
+    assert elapsed < 2.0  # neither attempt waited for the sleeping server
+    assert sleeps == [0.5]
+
+
+def test_a_slow_first_answer_then_a_fast_one_succeeds(sleeps: list[float]) -> None:
+    with scripted_server("sleep:3", "ok") as server:
+        settings = load_settings(llm_base_url=server.url, llm_timeout_s=0.3)
+        chat = _chat(make_chat_model(RoleConfig(backend="openai", model="m"), settings))
+        reply = chat.invoke(MESSAGES)
+    assert reply.retries == 1 and "Answer: neutral" in reply.text
+    assert reply.usage is not None and reply.usage["input_tokens"] == 3  # the server's count
 
 
 def test_cost_is_tallied_from_usage_metadata_and_prices() -> None:
@@ -181,13 +201,48 @@ def test_factory_errors_name_the_role() -> None:
 
 def test_policy_for_reads_settings_and_role_options() -> None:
     settings = load_settings(llm_timeout_s=30.0, llm_max_retries=4)
-    # ChatOpenAI enforces the timeout itself: no second, thread-abandoning one on top.
     remote = policy_for(RoleConfig(backend="openai", model="m"), settings)
-    assert (remote.timeout_s, remote.max_retries) == (None, 4)
+    assert (remote.max_retries, remote.backoff_s) == (4, 0.5)
     local = policy_for(RoleConfig(backend="local", model="m", options={"max_retries": 0}), settings)
-    assert (local.timeout_s, local.max_retries) == (None, 0)
-    other = policy_for(RoleConfig(backend="custom", model="m"), settings)
-    assert other.timeout_s == 30.0
+    assert local.max_retries == 0
+    # One policy: no per-attempt timeout of the policy's own (the client bounds an attempt).
+    assert not hasattr(remote, "timeout_s")
+
+
+def test_a_plugin_chat_backend_is_loaded_by_module_and_attribute() -> None:
+    settings = load_settings()
+    role = RoleConfig(backend="py:meragent_fakes:scripted_chat_factory", model="x")
+    model = make_chat_model(role, settings, role_name="reasoning_llm")
+    assert isinstance(model, ScriptedChatModel) and model.model_id == "scripted-x"
+    with pytest.raises(ConfigError, match="cannot import plug-in module 'no_such_mod'"):
+        make_chat_model(RoleConfig(backend="py:no_such_mod:f"), settings, role_name="r")
+    with pytest.raises(ConfigError, match="has no attribute 'nope'"):
+        make_chat_model(RoleConfig(backend="py:meragent_fakes:nope"), settings, role_name="r")
+
+
+def test_tokens_of_every_role_come_from_the_usage_callback(sleeps: list[float]) -> None:
+    tally = UsageTally()
+    first = RoleChat("reasoning", ScriptedChatModel(model_id="a"), tally=tally, prices=(1.0, 0.0))
+    second = RoleChat("labeler", ScriptedChatModel(model_id="b", fail_first=1), tally=tally)
+    first.invoke(MESSAGES)
+    second.invoke(MESSAGES)  # one failed attempt: no tokens, one retry
+    usage = tally.as_dict()
+    words = len(scripted_reply_words(MESSAGES))
+    assert usage["reasoning"]["input_tokens"] == 4 and usage["reasoning"]["output_tokens"] == words
+    assert usage["reasoning"]["cost_usd"] == pytest.approx(4 / 1000)
+    assert usage["labeler"] == {
+        "calls": 1, "failures": 0, "retries": 1, "input_tokens": 4, "output_tokens": words,
+        "cost_usd": 0.0, "latency_s": pytest.approx(usage["labeler"]["latency_s"]),
+    }  # fmt: skip
+    assert tally.roles["reasoning"].handler.usage_metadata["a"]["input_tokens"] == 4
+
+
+def scripted_reply_words(messages: list[dict[str, str]]) -> list[str]:
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from meragent_fakes import scripted_reply
+
+    lc = [SystemMessage(messages[0]["content"]), HumanMessage(messages[1]["content"])]
+    return scripted_reply(lc).split()
 
 
 def _tiny_lm(out: Path) -> Path:

@@ -1,10 +1,10 @@
-"""Test and benchmark doubles: fake tools, a fake decoder and a scripted chat model.
+"""Test and benchmark doubles: fake tools, a fake decoder, scripted chat models, fake RunDeps.
 
 They exercise the real graph, trace store, checkpointer and batch runner with no weights and
-no media decoding. The CLI selects them only when the environment variable
-``MERAGENT_FAKE_RUNTIME=1`` is set (subprocess tests and ``bench/bench_graph.py``); optional
-``MERAGENT_FAKE_DELAY_S`` makes each fake tool and LLM call sleep that long. Imported lazily
-(it needs langchain-core at import time to subclass ``BaseChatModel``).
+no media decoding. Nothing in ``src/`` knows them: in-process tests pass ``fake_run_deps()``
+as the ``runtime=`` of the library functions; subprocesses, the CLI and Ray workers select
+them with a profile whose ``run_deps`` role names ``py:meragent_fakes:fake_run_deps_factory``
+(``write_fake_profile``), with this folder (``DOUBLES_DIR``) on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,15 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from meragent.agents.chat import CallPolicy, RoleChat, UsageTally
 from meragent.agents.labeler import LABELER_SYSTEM_PROMPT
+from meragent.config import RoleConfig, Settings
 from meragent.data.media_types import DecodedMedia
+from meragent.graphs.runtime import RunDeps
 from meragent.schema import EMOTIONS, Clip, Clue, Modality
+
+#: This folder: put it on PYTHONPATH so a subprocess or Ray worker can import the doubles.
+DOUBLES_DIR = Path(__file__).resolve().parent
 
 
 def stable_index(text: str, modulo: int) -> int:
@@ -155,6 +162,7 @@ class ScriptedChatModel(BaseChatModel):
                 "output_tokens": len(text.split()),
                 "total_tokens": prompt_words + len(text.split()),
             },
+            response_metadata={"model_name": self.model_id},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -165,3 +173,56 @@ def fake_chat_models(delay_s: float = 0.0) -> dict[str, ScriptedChatModel]:
         "reasoning": ScriptedChatModel(model_id="scripted-reasoning", delay_s=delay_s),
         "labeler": ScriptedChatModel(model_id="scripted-labeler", delay_s=delay_s),
     }
+
+
+def fake_run_deps(*, delay_s: float = 0.0, settings: Settings | None = None) -> RunDeps:
+    """Fake tools, decoder and scripted chat models (no weights, no media decoding).
+
+    The chat roles retry like the settings' (``llm_max_retries``) with a short backoff.
+    """
+    tally = UsageTally()
+    retries = settings.llm_max_retries if settings is not None else 2
+    policy = CallPolicy(max_retries=retries, backoff_s=0.01)
+    chats: dict[str, RoleChat | None] = {
+        name: RoleChat(name, model, policy=policy, tally=tally)
+        for name, model in fake_chat_models(delay_s).items()
+    }
+    return RunDeps(
+        tools=fake_toolset(delay_s),
+        chat_models=chats,
+        decoder=fake_decoder(delay_s),
+        tally=tally,
+    )
+
+
+def fake_run_deps_factory(settings: Settings, track: str, role: RoleConfig) -> RunDeps:
+    """The ``run_deps`` plug-in: :func:`fake_run_deps`, ``options.delay_s`` seconds per call."""
+    return fake_run_deps(delay_s=float(role.options.get("delay_s", 0.0)), settings=settings)
+
+
+def write_fake_profile(path: Path, *, delay_s: float = 0.0) -> Path:
+    """A profile that runs everything on the doubles (identity grouper); returns ``path``."""
+    path.write_text(
+        "[roles.run_deps]\n"
+        'backend = "py:meragent_fakes:fake_run_deps_factory"\n'
+        f"options = {{ delay_s = {float(delay_s)!r} }}\n\n"
+        "[roles.grouper]\n"
+        'backend = "none"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def doubles_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: os.environ) with this folder prepended to PYTHONPATH."""
+    import os
+
+    base = dict(os.environ if env is None else env)
+    parts = [str(DOUBLES_DIR), *filter(None, base.get("PYTHONPATH", "").split(os.pathsep))]
+    base["PYTHONPATH"] = os.pathsep.join(parts)
+    return base
+
+
+def scripted_chat_factory(role_name: str, role: RoleConfig, settings: Settings) -> BaseChatModel:
+    """A ``py:meragent_fakes:scripted_chat_factory`` chat backend: a scripted model."""
+    return ScriptedChatModel(model_id=f"scripted-{role.model or role_name}")

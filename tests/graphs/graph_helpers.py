@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from meragent.data.media_types import DecodedMedia
-from meragent.graphs.fakes import FakeToolSet
+from meragent_fakes import FakeToolSet
 from meragent.schema import Clip, Clue, Modality
 
 

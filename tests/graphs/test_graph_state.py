@@ -20,6 +20,7 @@ from langchain_core.language_models import GenericFakeChatModel
 from langgraph.checkpoint.memory import InMemorySaver
 
 from meragent.graphs.builder import build_graph
+from meragent.graphs.context import GraphContext, graph_context
 from meragent.graphs.trace import TraceStore
 from meragent.schema import Clip, Clue, Modality, Prediction
 
@@ -34,10 +35,22 @@ def fakes(reasoning: list[str] | None = None, labeler: list[str] | None = None) 
     }
 
 
-def run(graph: Any, clip: Clip, run_id: str = "r1") -> dict[str, Any]:
-    return dict(
-        graph.invoke({"run_id": run_id, "clip": clip}, {"configurable": {"thread_id": clip.id}})
-    )
+def compiled(
+    tools: Any,
+    models: dict[str, Any],
+    *,
+    track: str = "all",
+    checkpointer: Any = None,
+    **fields: Any,
+) -> tuple[Any, GraphContext]:
+    """The track's graph (compiled once) and the context its invokes pass."""
+    return build_graph(track, checkpointer=checkpointer), graph_context(tools, models, **fields)
+
+
+def run(graph: tuple[Any, GraphContext], clip: Clip, run_id: str = "r1") -> dict[str, Any]:
+    compiled_graph, context = graph
+    config = {"configurable": {"thread_id": clip.id}}
+    return dict(compiled_graph.invoke({"run_id": run_id, "clip": clip}, config, context=context))
 
 
 def step_nodes(store: TraceStore, clip_id: str, run_id: str = "r1") -> list[str]:
@@ -46,7 +59,7 @@ def step_nodes(store: TraceStore, clip_id: str, run_id: str = "r1") -> list[str]
 
 def test_whole_final_state_of_a_full_run(tmp_path: Path, clip: Clip) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(
+    graph = compiled(
         fixed_tools(), fakes(), decoder=decoder(), trace=store, checkpointer=InMemorySaver()
     )
     out = run(graph, clip)
@@ -120,7 +133,7 @@ def test_whole_final_state_of_a_full_run(tmp_path: Path, clip: Clip) -> None:
 
 def test_ov_track_skips_fusion(tmp_path: Path, clip: Clip) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(fixed_tools(), fakes(), track="ov", decoder=decoder(), trace=store)
+    graph = compiled(fixed_tools(), fakes(), track="ov", decoder=decoder(), trace=store)
     out = run(graph, clip)
     assert "fusion" not in out
     assert out["prediction"].discrete is None
@@ -132,7 +145,7 @@ def test_ov_track_skips_fusion(tmp_path: Path, clip: Clip) -> None:
 def test_semi_track_skips_the_labeler(tmp_path: Path, clip: Clip) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
     models = fakes()
-    graph = build_graph(fixed_tools(), models, track="semi", decoder=decoder(), trace=store)
+    graph = compiled(fixed_tools(), models, track="semi", decoder=decoder(), trace=store)
     out = run(graph, clip)
     assert out["prediction"].discrete == "happy"
     assert out["prediction"].openset == []
@@ -142,7 +155,7 @@ def test_semi_track_skips_the_labeler(tmp_path: Path, clip: Clip) -> None:
 
 def test_no_ground_truth_means_no_evaluator(tmp_path: Path) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(fixed_tools(), fakes(), decoder=decoder(), trace=store)
+    graph = compiled(fixed_tools(), fakes(), decoder=decoder(), trace=store)
     out = run(graph, make_clip("plain"))
     assert "metrics" not in out
     assert step_nodes(store, "plain")[-1] == "answer"
@@ -151,7 +164,7 @@ def test_no_ground_truth_means_no_evaluator(tmp_path: Path) -> None:
 def test_missing_video_routes_around_the_visual_tool(tmp_path: Path, clip: Clip) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
     tools = fixed_tools()
-    graph = build_graph(tools, fakes(), decoder=decoder(video=False), trace=store)
+    graph = compiled(tools, fakes(), decoder=decoder(video=False), trace=store)
     out = run(graph, clip)
     assert tools.visual.calls == []
     visual = [c for c in out["clues"] if c.modality is Modality.VISUAL]
@@ -163,7 +176,7 @@ def test_missing_video_routes_around_the_visual_tool(tmp_path: Path, clip: Clip)
 
 
 def test_text_only_clip_runs_on_the_subtitle(tmp_path: Path) -> None:
-    graph = build_graph(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
+    graph = compiled(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
     out = run(graph, Clip(id="t1", subtitle="so glad"))
     assert out["media"]["flags"] == ["no_media_file"]
     available = [c.modality for c in out["clues"] if c.available]
@@ -171,7 +184,7 @@ def test_text_only_clip_runs_on_the_subtitle(tmp_path: Path) -> None:
 
 
 def test_a_clip_with_nothing_usable_fails_with_a_clear_error(tmp_path: Path) -> None:
-    graph = build_graph(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
+    graph = compiled(fixed_tools(), fakes(), trace=TraceStore(tmp_path / "t.sqlite"))
     with pytest.raises(Exception, match="clip empty: no usable audio, video or subtitle"):
         run(graph, Clip(id="empty"))
 
@@ -179,7 +192,7 @@ def test_a_clip_with_nothing_usable_fails_with_a_clear_error(tmp_path: Path) -> 
 def test_a_crashing_tool_becomes_an_unavailable_clue(tmp_path: Path, clip: Clip) -> None:
     store = TraceStore(tmp_path / "trace.sqlite")
     tools = fixed_tools(acoustic=FixedTool(Modality.ACOUSTIC, error=RuntimeError("CUDA OOM")))
-    graph = build_graph(tools, fakes(), decoder=decoder(), trace=store)
+    graph = compiled(tools, fakes(), decoder=decoder(), trace=store)
     out = run(graph, clip)
     acoustic = next(c for c in out["clues"] if c.modality is Modality.ACOUSTIC)
     assert (acoustic.available, acoustic.error) == (False, "RuntimeError: CUDA OOM")
@@ -231,7 +244,7 @@ def test_trained_fusion_answers_six_class_tracks_without_an_llm(tmp_path: Path, 
     with_feature = ACOUSTIC_CLUE.model_copy(update={"feature_ref": str(acoustic_ref)})
     tools = fixed_tools(acoustic=FixedTool(Modality.ACOUSTIC, with_feature))
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(
+    graph = compiled(
         tools,
         fakes(),
         track="semi",
@@ -271,7 +284,7 @@ def test_describers_run_after_the_tools_and_feed_the_reasoning(tmp_path: Path, c
     tools = fixed_tools()
     tools.audio_describer = describer
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(tools, fakes(), decoder=decoder(), trace=store)
+    graph = compiled(tools, fakes(), decoder=decoder(), trace=store)
     out = run(graph, clip)
     assert describer.subtitles == ["I passed the exam!"]  # the lexical node's transcript
     nodes = step_nodes(store, "c1")
@@ -290,9 +303,7 @@ def test_a_lora_labeler_gets_the_prompt_it_was_tuned_on(tmp_path: Path, clip: Cl
     assert labeler_few_shot(RoleConfig(backend="local", model="m")) is True
     assert labeler_few_shot(RoleConfig(backend="local", model="m", adapter="/lora")) is False
     store = TraceStore(tmp_path / "trace.sqlite")
-    graph = build_graph(
-        fixed_tools(), fakes(), decoder=decoder(), trace=store, labeler_few_shot=False
-    )
+    graph = compiled(fixed_tools(), fakes(), decoder=decoder(), trace=store, few_shot=False)
     run(graph, clip)
     prompt = next(s for s in store.steps("r1", "c1") if s.node == "labeler").prompt
     assert [m["role"] for m in prompt] == ["system", "user"]

@@ -1,11 +1,12 @@
 """Chat-model factory and a resilient caller: one role's config in, a LangChain chat model out.
 
 Backends are looked up by name in a small registry: ``openai`` (any OpenAI-compatible server:
-vLLM, llama.cpp server, Ollama, OpenAI) and ``local`` (an in-process causal LM, optionally with a
-LoRA adapter). Every call the graph makes goes through :class:`RoleChat`, which applies one
-retry policy (LangChain's ``Runnable.with_retry``: the same bounded attempts and exponential
-backoff for every transient failure, a garbage body as much as an HTTP 500) and a per-run
-token/cost tally, so the same policy applies to every backend and fakes can exercise it.
+vLLM, llama.cpp server, Ollama, OpenAI), ``local`` (an in-process causal LM, optionally with a
+LoRA adapter) and ``py:MODULE:ATTR`` (a plug-in factory). Every call the graph makes goes through
+:class:`RoleChat`, which applies one retry policy (LangChain's ``Runnable.with_retry``: the same
+bounded attempts and exponential backoff for every transient failure, a garbage body as much as
+an HTTP 500; an attempt's time limit is the client's own) and counts tokens with LangChain's
+``UsageMetadataCallbackHandler``, so the same policy applies to every backend.
 A failed call's message is scrubbed of secrets: servers echo the Authorization header.
 """
 
@@ -21,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from meragent.config import RoleConfig, Settings
-from meragent.errors import ConfigError, LLMError
+from meragent.errors import ConfigError, LLMError, one_line
 from meragent.secrets import register_secret, scrub
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage, BaseMessage
-    from langchain_core.runnables import Runnable
+    from langchain_core.runnables import Runnable, RunnableConfig
 
 #: A backend factory builds a chat model for one role (``role_name`` is for error messages).
 ChatBackendFactory = Callable[[str, RoleConfig, Settings], "BaseChatModel"]
@@ -114,7 +115,11 @@ def make_chat_model(
     role: RoleConfig, settings: Settings, *, role_name: str = "chat role"
 ) -> BaseChatModel:
     """Build the LangChain chat model a role's config names."""
+    from meragent.plugins import is_plugin, load_plugin
+
     factory = _BACKENDS.get(role.backend)
+    if factory is None and is_plugin(role.backend):
+        factory = load_plugin(role.backend, role=role_name)
     if factory is None:
         raise ConfigError(
             f"role {role_name}: unknown chat backend {role.backend!r} "
@@ -132,18 +137,17 @@ def model_id_of(model: Any) -> str:
     return type(model).__name__
 
 
-# --------------------------------------------------------------------------- policy & tally
+# --------------------------------------------------------------------------- policy & usage
 
 
 @dataclass(frozen=True)
 class CallPolicy:
-    """How often (and how patiently) to retry, and an optional per-attempt time limit.
+    """How often (and how patiently) to retry; the one retry policy of every LLM call.
 
-    ``timeout_s`` is for models without a timeout of their own (test doubles): ``ChatOpenAI``
-    enforces ``llm_timeout_s`` itself and a local model is bounded by ``max_new_tokens``.
+    An attempt's time limit is the client's own (``ChatOpenAI(timeout=...)``; a local model is
+    bounded by ``max_new_tokens``), so no attempt runs on an abandoned thread.
     """
 
-    timeout_s: float | None = None
     max_retries: int = 2
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
@@ -165,73 +169,114 @@ class CallPolicy:
 
 def policy_for(role: RoleConfig, settings: Settings) -> CallPolicy:
     """The call policy of a role: settings' retries, overridable in the role's options."""
-    # Both real backends bound an attempt themselves (see CallPolicy); a role may still ask.
-    own_timeout = role.backend in ("openai", "local")
-    timeout = None if own_timeout else role.options.get("timeout_s", settings.llm_timeout_s)
     return CallPolicy(
-        timeout_s=None if timeout is None else float(timeout),
         max_retries=int(role.options.get("max_retries", settings.llm_max_retries)),
         backoff_s=float(role.options.get("backoff_s", 0.5)),
     )
 
 
+def _role_usage_handler(model_id: str) -> Any:
+    """LangChain's usage-metadata handler; a reply without a model name counts as ``model_id``.
+
+    The stock handler keys usage by ``response_metadata["model_name"]`` and drops replies that
+    lack one (test doubles, some custom models): their tokens would vanish from the run record.
+    """
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, LLMResult
+
+    class RoleUsageHandler(UsageMetadataCallbackHandler):
+        def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+            for generations in response.generations[:1]:
+                for generation in generations[:1]:
+                    message = getattr(generation, "message", None)
+                    if isinstance(generation, ChatGeneration) and isinstance(message, AIMessage):
+                        message.response_metadata.setdefault("model_name", model_id)
+            super().on_llm_end(response, **kwargs)
+
+    return RoleUsageHandler()
+
+
 @dataclass
 class RoleUsage:
-    """Counters for one role in one run."""
+    """One role's calls in one run; tokens are read from LangChain's usage callback."""
 
+    handler: Any
+    prices: tuple[float, float] = (0.0, 0.0)
     calls: int = 0
     failures: int = 0
     retries: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
     latency_s: float = 0.0
+
+    def tokens(self) -> tuple[int, int]:
+        usage = list(self.handler.usage_metadata.values())
+        return (
+            sum(int(u.get("input_tokens", 0) or 0) for u in usage),
+            sum(int(u.get("output_tokens", 0) or 0) for u in usage),
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        tokens_in, tokens_out = self.tokens()
+        cost = (tokens_in * self.prices[0] + tokens_out * self.prices[1]) / 1000.0
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "retries": self.retries,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "cost_usd": cost,
+            "latency_s": self.latency_s,
+        }
 
 
 @dataclass
 class UsageTally:
-    """Thread-safe per-run totals of calls, tokens and (when prices are known) cost."""
+    """Per-run, per-role calls, retries, tokens and (when prices are known) cost; thread-safe.
+
+    Tokens come from one ``UsageMetadataCallbackHandler`` per role (:meth:`callbacks`), passed
+    to every model call of that role; prices are USD per 1,000 input / output tokens.
+    """
 
     roles: dict[str, RoleUsage] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(
-        self,
-        role: str,
-        *,
-        usage: dict[str, Any] | None,
-        retries: int,
-        latency_s: float,
-        failed: bool,
-        prices: tuple[float, float] = (0.0, 0.0),
-    ) -> None:
-        """Count one call (successful or not); prices are USD per 1,000 input/output tokens."""
-        tokens_in = int((usage or {}).get("input_tokens", 0) or 0)
-        tokens_out = int((usage or {}).get("output_tokens", 0) or 0)
+    def _entry(self, role: str, model_id: str = "") -> RoleUsage:
         with self._lock:
-            entry = self.roles.setdefault(role, RoleUsage())
+            entry = self.roles.get(role)
+            if entry is None:
+                entry = self.roles[role] = RoleUsage(_role_usage_handler(model_id or role))
+            return entry
+
+    def register(self, role: str, model_id: str, prices: tuple[float, float]) -> None:
+        """Declare a role (its model id names replies without one) and its prices."""
+        self._entry(role, model_id).prices = prices
+
+    def callbacks(self, role: str) -> list[Any]:
+        """The callback handlers a call of ``role`` passes to the model."""
+        return [self._entry(role).handler]
+
+    def count(self, role: str, *, retries: int, latency_s: float, failed: bool) -> None:
+        """Count one call (successful or not) of ``role``."""
+        entry = self._entry(role)
+        with self._lock:
             entry.calls += 1
             entry.failures += int(failed)
             entry.retries += retries
-            entry.input_tokens += tokens_in
-            entry.output_tokens += tokens_out
-            entry.cost_usd += (tokens_in * prices[0] + tokens_out * prices[1]) / 1000.0
             entry.latency_s += latency_s
 
     def as_dict(self) -> dict[str, dict[str, float | int]]:
         with self._lock:
-            return {name: dict(vars(usage)) for name, usage in sorted(self.roles.items())}
+            entries = sorted(self.roles.items())
+        return {name: entry.as_dict() for name, entry in entries}
 
     def total_tokens(self) -> int:
-        with self._lock:
-            return sum(u.input_tokens + u.output_tokens for u in self.roles.values())
+        return sum(
+            int(usage["input_tokens"]) + int(usage["output_tokens"])
+            for usage in self.as_dict().values()
+        )
 
 
 # --------------------------------------------------------------------------- resilient calls
-
-
-class ChatTimeoutError(TimeoutError):
-    """One attempt exceeded the policy's timeout."""
 
 
 class ChatCallError(LLMError):
@@ -268,29 +313,6 @@ def is_retryable(exc: BaseException) -> bool:
         openai.APIResponseValidationError,
     )
     return isinstance(exc, transient)
-
-
-def _call_with_timeout(func: Callable[[], Any], timeout_s: float | None) -> Any:
-    """Run ``func`` and give up after ``timeout_s`` (the attempt's thread is abandoned)."""
-    if timeout_s is None:
-        return func()
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome["value"] = func()
-        except BaseException as exc:  # handed to the caller's thread below
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, daemon=True, name="meragent-llm-call").start()
-    if not done.wait(timeout_s):
-        raise ChatTimeoutError(f"no answer within {timeout_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @dataclass
@@ -339,7 +361,7 @@ def message_text(message: Any) -> str:
 
 
 class RoleChat:
-    """A chat model bound to a role, called with timeout, retries, backoff and usage counting."""
+    """A chat model bound to a role, called under the retry policy with usage counting."""
 
     def __init__(
         self,
@@ -355,63 +377,62 @@ class RoleChat:
         self.model_id = model_id_of(model)
         self.policy = policy or CallPolicy()
         self.tally = tally
-        self.prices = prices
         self._structured_ok: bool | None = None
+        if tally is not None:
+            tally.register(role, self.model_id, prices)
 
-    def _attempts(self, func: Callable[[], Any]) -> tuple[Any, int, float]:
-        """Call ``func`` under the retry policy; return (value, retries, seconds)."""
+    def _config(self) -> RunnableConfig:
+        from langchain_core.runnables import RunnableConfig
+
+        if self.tally is None:
+            return RunnableConfig()
+        return RunnableConfig(callbacks=self.tally.callbacks(self.role))
+
+    def _attempts(self, runnable: Runnable[Any, Any], value: Any) -> tuple[Any, int, float]:
+        """``runnable.invoke(value)`` under the retry policy; return (result, retries, seconds)."""
         from langchain_core.runnables import RunnableLambda
 
         started = time.perf_counter()
         attempts = 0
+        config = self._config()
 
         def attempt(_: object) -> Any:
             nonlocal attempts
             attempts += 1
-            return _call_with_timeout(func, self.policy.timeout_s)
+            return runnable.invoke(value, config)
 
         try:
-            value = self.policy.retrying(RunnableLambda(attempt)).invoke(None)
+            result = self.policy.retrying(RunnableLambda(attempt)).invoke(None)
         except Exception as exc:
             elapsed = time.perf_counter() - started
-            self._count(None, attempts - 1, elapsed, failed=True)
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._count(attempts - 1, elapsed, failed=True)
             raise ChatCallError(
-                f"{self.role} ({self.model_id}) failed after {attempts} attempt(s): {reason}",
+                f"{self.role} ({self.model_id}) failed after {attempts} attempt(s): "
+                f"{one_line(exc, with_type=True)}",
                 retries=attempts - 1,
                 transient=is_retryable(exc),
             ) from None
-        return value, attempts - 1, time.perf_counter() - started
+        return result, attempts - 1, time.perf_counter() - started
 
-    def _count(
-        self, usage: dict[str, Any] | None, retries: int, latency: float, *, failed: bool
-    ) -> None:
+    def _count(self, retries: int, latency: float, *, failed: bool) -> None:
         if self.tally is not None:
-            self.tally.add(
-                self.role,
-                usage=usage,
-                retries=retries,
-                latency_s=latency,
-                failed=failed,
-                prices=self.prices,
-            )
+            self.tally.count(self.role, retries=retries, latency_s=latency, failed=failed)
 
     def _reply(self, message: Any, retries: int, latency: float) -> ChatReply:
         usage = getattr(message, "usage_metadata", None)
-        usage_dict = dict(usage) if usage else None
-        self._count(usage_dict, retries, latency, failed=False)
+        self._count(retries, latency, failed=False)
         return ChatReply(
             message=message,
             text=message_text(message),
             retries=retries,
             latency_s=latency,
-            usage=usage_dict,
+            usage=dict(usage) if usage else None,
         )
 
     def invoke(self, messages: MessageDicts) -> ChatReply:
         """Plain chat call; raises LLMError once retries are exhausted."""
         lc_messages = to_langchain_messages(messages)
-        message, retries, latency = self._attempts(lambda: self.model.invoke(lc_messages))
+        message, retries, latency = self._attempts(self.model, lc_messages)
         return self._reply(message, retries, latency)
 
     def supports_structured_output(self) -> bool:
@@ -428,7 +449,7 @@ class RoleChat:
         """Ask for ``schema`` via the model's tool/JSON-schema support; keep the raw reply."""
         runnable = self.model.with_structured_output(schema, include_raw=True)
         lc_messages = to_langchain_messages(messages)
-        result, retries, latency = self._attempts(lambda: runnable.invoke(lc_messages))
+        result, retries, latency = self._attempts(runnable, lc_messages)
         reply = self._reply(result["raw"], retries, latency)
         parsed = result.get("parsed")
         error = result.get("parsing_error")

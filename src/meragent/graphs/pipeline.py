@@ -18,8 +18,8 @@ from typing import Any
 from meragent.config import Settings
 from meragent.errors import ConfigError, DataError, MeragentError
 from meragent.graphs.batch import BatchOptions, BatchSummary, run_batch, run_dir_for
-from meragent.graphs.runtime import Runtime, runtime_for
-from meragent.graphs.session import record_failure, record_success
+from meragent.graphs.runtime import RunDeps, load_run_deps
+from meragent.graphs.session import ClipResult
 from meragent.graphs.state import TRACKS
 from meragent.graphs.trace import open_trace
 from meragent.schema import Clip
@@ -96,7 +96,7 @@ def run_one(
     *,
     track: str = "all",
     run_name: str = SINGLE_RUN,
-    runtime: Runtime | None = None,
+    runtime: RunDeps | None = None,
 ) -> ClipOutcome:
     """Run the graph on one clip; its steps land in ``runs_dir/run_name/trace.sqlite``."""
     from meragent.graphs.builder import build_graph
@@ -105,7 +105,7 @@ def run_one(
         raise ConfigError(f"unknown track {track!r} (choose from {', '.join(TRACKS)})")
     clip = resolve_clip(target, settings)
     run_dir = run_dir_for(settings, run_name)
-    rt = runtime or runtime_for(settings, track=track)
+    rt = runtime or load_run_deps(settings, track=track)
     with open_trace(run_dir, secrets=rt.secrets) as store:
         known = store.clip_ids(run_name)
         seq = known.index(clip.id) if clip.id in known else len(known)
@@ -116,27 +116,23 @@ def run_one(
             config=settings.masked_dump(),
             n_clips=len(known) + (clip.id not in known),
         )
-        graph = build_graph(
-            rt.tools,
-            rt.chat_models,
-            track=track,
-            trace=store,
-            decoder=rt.decoder,
-            **rt.graph_options(),
-        )
+        graph = build_graph(track)
+        context = rt.context(trace=store)
         clock = time.perf_counter()
         try:
-            output = dict(graph.invoke({"run_id": run_name, "clip": clip}))
+            output = dict(graph.invoke({"run_id": run_name, "clip": clip}, context=context))
         except Exception as exc:
-            failure = record_failure(store, run_name, seq, clip, exc, time.perf_counter() - clock)
+            failure = ClipResult.failed(seq, clip, exc, time.perf_counter() - clock)
+            store.commit_clip(run_name, failure)
             store.finish_run(run_name, status="finished", usage=rt.tally.as_dict())
             message = f"clip {clip.id} failed [{failure.stage}]: {failure.reason}"
             raise ClipFailedError(store.scrub(message)) from exc
         latency = time.perf_counter() - clock
-        degraded = record_success(store, run_name, seq, clip, output, latency)
+        result = ClipResult.answered(seq, clip.id, output, latency)
+        store.commit_clip(run_name, result)
         store.finish_run(run_name, status="finished", usage=rt.tally.as_dict())
         n_steps = len(store.steps(run_name, clip.id))
-        reason = store.scrub(degraded.reason) if degraded is not None else None
+        reason = store.scrub(result.reason) if result.reason is not None else None
     status = "ok" if reason is None else "degraded"
     return ClipOutcome(clip, output, run_dir, run_name, latency, n_steps, status, reason)
 
@@ -179,7 +175,7 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def run_demo(
-    settings: Settings, *, n_clips: int = 2, progress: bool = True, runtime: Runtime | None = None
+    settings: Settings, *, n_clips: int = 2, progress: bool = True, runtime: RunDeps | None = None
 ) -> DemoResult:
     """Synthetic clips through the full graph (track ``all``), then an HTML trace."""
     from meragent.graphs.report import export_run_html

@@ -1,16 +1,16 @@
-"""Everything a graph run needs, built once from Settings: tools, chat models, decoder, fusion.
+"""Everything a graph run needs, loaded once from Settings: tools, chat models, decoder, fusion.
 
-``build_runtime`` loads only what the track needs (no labeler for six-class tracks, no LLM at
-all when a trained fusion head answers them). The profile's ``grouper`` role scores open-set
-labels, in the evaluator node and in ``metrics.json``, with the options ``meragent eval ov``
-uses for the same grouping (``profile_grouper``); it loads its encoder on first use only.
-``fake_runtime`` swaps in the doubles from ``graphs.fakes``; ``runtime_for`` picks it when
-``MERAGENT_FAKE_RUNTIME=1`` (tests, benchmark).
+``load_run_deps`` loads only what the track needs (no labeler for six-class tracks, no LLM at
+all when a trained fusion head answers them). A profile may hand the whole job to a plug-in: the
+``run_deps`` role's backend ``py:MODULE:ATTR`` names a factory ``(settings, track, role) ->
+RunDeps`` (how tests run the CLI, subprocesses and Ray workers on their doubles). The profile's
+``grouper`` role scores open-set labels, in the evaluator node and in ``metrics.json``, with the
+options ``meragent eval ov`` uses for the same grouping (``profile_grouper``); it loads its
+encoder on first use only.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,21 +19,19 @@ from typing import Any
 
 from meragent.agents.chat import RoleChat, UsageTally, make_chat_model, policy_for
 from meragent.config import RoleConfig, Settings
-from meragent.graphs.media_cache import MediaDecoder, default_decoder
+from meragent.errors import ConfigError
+from meragent.graphs.context import GraphContext, StepSink
+from meragent.graphs.media_cache import MediaCache, MediaDecoder, default_decoder
 from meragent.tools.lazy import Lazy
-
-#: Set to 1 to run the pipeline on fakes (subprocess tests, benchmark): no weights, no decoding.
-FAKE_RUNTIME_ENV = "MERAGENT_FAKE_RUNTIME"
-#: Seconds each fake tool / LLM call sleeps (to make fake runs take measurable time).
-FAKE_DELAY_ENV = "MERAGENT_FAKE_DELAY_S"
 
 #: Chat roles of the graph and the profile role that configures each.
 CHAT_ROLES: dict[str, str] = {"reasoning": "reasoning_llm", "labeler": "labeler_llm"}
 
 
 @dataclass
-class Runtime:
-    """Loaded models and helpers shared by every clip of a run."""
+class RunDeps:
+    """Loaded models and helpers shared by every clip of a run (``graphs.runtime.Runtime`` before;
+    renamed so it does not clash with ``langgraph.runtime.Runtime``)."""
 
     tools: Any
     chat_models: dict[str, RoleChat | None]
@@ -46,18 +44,30 @@ class Runtime:
     features_dir: Path | None = None
     labeler_few_shot: bool = True
     secrets: list[str] = field(default_factory=list)
-    fake: bool = False
 
-    def graph_options(self) -> dict[str, Any]:
-        """The ``build_graph`` keyword arguments taken from this runtime, shared by every caller."""
-        return {
-            "fusion_model": self.fusion_model,
-            "fusion_weights": self.fusion_weights,
-            "llm_weight": self.llm_weight,
-            "grouper": self.grouper,
-            "features_dir": self.features_dir,
-            "labeler_few_shot": self.labeler_few_shot,
-        }
+    def context(
+        self,
+        *,
+        trace: StepSink | None = None,
+        media: MediaCache | None = None,
+        tools: Any = None,
+        structured: bool | None = None,
+    ) -> GraphContext:
+        """The graph context of these deps (``media`` default: a cache over ``decoder``)."""
+        return GraphContext(
+            tools=self.tools if tools is None else tools,
+            media=media if media is not None else MediaCache(self.decoder),
+            reasoning=self.chat_models.get("reasoning"),
+            labeler=self.chat_models.get("labeler"),
+            fusion_model=self.fusion_model,
+            fusion_weights=self.fusion_weights,
+            llm_weight=self.llm_weight,
+            grouper=self.grouper,
+            features_dir=self.features_dir,
+            trace=trace,
+            structured=structured,
+            few_shot=self.labeler_few_shot,
+        )
 
     def model_ids(self) -> dict[str, str]:
         """Model id per chat role, for the run record."""
@@ -96,8 +106,25 @@ def _load_fusion(settings: Settings) -> Any:
     return load_fusion_model(Path(role.model), device=settings.resolved_device())
 
 
-def build_runtime(settings: Settings, *, track: str) -> Runtime:
-    """Load the profile's tools and chat models for ``track`` (real weights)."""
+def load_run_deps(settings: Settings, *, track: str) -> RunDeps:
+    """The run's deps: the ``run_deps`` role's plug-in when the profile names one, else
+    the profile's tools and chat models for ``track`` (real weights, loaded on first use)."""
+    role = settings.role("run_deps")
+    if role.enabled:
+        from meragent.plugins import is_plugin, load_plugin
+
+        if not is_plugin(role.backend):
+            raise ConfigError(
+                f"role run_deps: backend {role.backend!r} must be 'none' or 'py:MODULE:ATTR'"
+            )
+        deps = load_plugin(role.backend, role="run_deps")(settings, track, role)
+        if not isinstance(deps, RunDeps):
+            raise ConfigError(f"role run_deps: {role.backend} returned {type(deps).__name__}")
+        return deps
+    return _load_profile_deps(settings, track=track)
+
+
+def _load_profile_deps(settings: Settings, *, track: str) -> RunDeps:
     from meragent.tools.registry import build_toolset
 
     tally = UsageTally()
@@ -117,7 +144,7 @@ def build_runtime(settings: Settings, *, track: str) -> Runtime:
         )
     fusion_options = settings.role("fusion").options
     secrets = [settings.llm_api_key.get_secret_value()] if settings.llm_api_key else []
-    return Runtime(
+    return RunDeps(
         tools=build_toolset(settings),
         chat_models=chats,
         decoder=default_decoder(num_frames=settings.num_frames, sample_rate=settings.sample_rate),
@@ -197,7 +224,6 @@ class ProfileGrouper:
 
 def profile_grouper(settings: Settings) -> Any:
     """The grouper the profile names (``identity`` when the role is ``none``)."""
-    from meragent.errors import ConfigError
     from meragent.eval.grouping import IdentityGrouper, available_groupers
 
     role = settings.role("grouper")
@@ -223,7 +249,6 @@ def _load_grouper_encoder(options: dict[str, Any]) -> Any:
 def _build_grouper(
     backend: str, options: dict[str, Any], settings: Settings, encoder: Lazy[Any]
 ) -> Any:
-    from meragent.errors import ConfigError
     from meragent.eval.grouping import get_grouper
 
     if backend == "embedding":
@@ -260,43 +285,3 @@ def grouper_label(grouper: Any) -> str:
     name = info.pop("name")
     params = ", ".join(f"{k}={v}" for k, v in info.items() if k in ("tau", "scope", "path"))
     return f"{name}({params})" if params else name
-
-
-def fake_runtime(*, delay_s: float = 0.0, settings: Settings | None = None) -> Runtime:
-    """Fake tools, decoder and scripted chat models (no weights, no media decoding)."""
-    from meragent.agents.chat import CallPolicy
-    from meragent.graphs.fakes import fake_chat_models, fake_decoder, fake_toolset
-
-    tally = UsageTally()
-    retries = settings.llm_max_retries if settings is not None else 2
-    policy = CallPolicy(timeout_s=None, max_retries=retries, backoff_s=0.01)
-    chats: dict[str, RoleChat | None] = {
-        name: RoleChat(name, model, policy=policy, tally=tally)
-        for name, model in fake_chat_models(delay_s).items()
-    }
-    return Runtime(
-        tools=fake_toolset(delay_s),
-        chat_models=chats,
-        decoder=fake_decoder(delay_s),
-        tally=tally,
-        fake=True,
-    )
-
-
-def runtime_for(settings: Settings, *, track: str) -> Runtime:
-    """The real runtime, or the fake one when ``MERAGENT_FAKE_RUNTIME=1`` is set."""
-    if os.environ.get(FAKE_RUNTIME_ENV, "") not in ("", "0"):
-        return fake_runtime(
-            delay_s=float(os.environ.get(FAKE_DELAY_ENV, "0") or 0), settings=settings
-        )
-    return build_runtime(settings, track=track)
-
-
-def grouper_for(settings: Settings) -> Any:
-    """The grouper ``runtime_for`` would give, without building the rest of the runtime.
-
-    For ``metrics.json`` of a run whose clips are all done already (nothing else to load).
-    """
-    if os.environ.get(FAKE_RUNTIME_ENV, "") not in ("", "0"):
-        return None  # the fake runtime scores with the identity grouper
-    return profile_grouper(settings)
