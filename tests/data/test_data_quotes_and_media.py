@@ -87,6 +87,7 @@ def test_legitimate_multi_line_quoted_subtitles_stay_one_row(tmp_path: Path) -> 
         'b,,"one\ntwo, three\nfour, five",sad\n'  # continuation lines hold delimiters
         'c,,"she said ""hi""\nand left",angry\n'
         "d,,plain,worried\n"
+        'e,,"slip" ,neutral\n'  # text after a closing quote on one line: read as csv always did
     )
     load = load_manifest(_write(tmp_path / "m.csv", HEADER + body))
     assert load.errors == []
@@ -95,6 +96,7 @@ def test_legitimate_multi_line_quoted_subtitles_stay_one_row(tmp_path: Path) -> 
         ("b", "one\ntwo, three\nfour, five", "sad"),
         ("c", 'she said "hi"\nand left', "angry"),
         ("d", "plain", "worried"),
+        ("e", "slip", "neutral"),
     ]
 
 

@@ -66,7 +66,9 @@ def read_csv_records(path: Path) -> tuple[list[str], Iterator[CsvRecord]]:
     if not lines:
         raise DataError(f"manifest {path} is empty")
     header, used, error = _parse_record(lines, 0, delimiter)
-    if error is not None:
+    if _is_slip(used, error):
+        header = _loose_fields(lines[0], delimiter)
+    elif error is not None:
         raise DataError(f"manifest {path} has an unreadable header: {error}")
     header = [printable(col).strip().lower() for col in header]
     return header, _records(lines, used, delimiter, len(header))
@@ -81,6 +83,8 @@ def _records(lines: list[str], start: int, delimiter: str, width: int) -> Iterat
             yield CsvRecord(index + 1, _loose_fields(lines[index], delimiter), reason)
             index += 1  # the swallowed lines are rows of their own: read them again
             continue
+        if _is_slip(used, error):
+            fields, error = _loose_fields(lines[index], delimiter), None
         if error is not None:
             reason = f"malformed row: {error}"
             yield CsvRecord(index + 1, _loose_fields(lines[index], delimiter), reason)
@@ -102,6 +106,14 @@ def _parse_record(
     except csv.Error as exc:
         return [], max(reader.line_num, 1), _csv_message(exc)
     return fields, max(reader.line_num, 1), None
+
+
+def _is_slip(used: int, error: str | None) -> bool:
+    """A one-line record with text after a closing quote (``"ab" ,x``): read it leniently.
+
+    Nothing is swallowed there, and the lenient reading (``ab ``) is what ``csv`` always gave.
+    """
+    return used == 1 and error is not None and error != _NEVER_CLOSED
 
 
 def _loose_fields(line: str, delimiter: str) -> list[str]:
