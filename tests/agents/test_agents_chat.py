@@ -285,3 +285,17 @@ def test_local_backend_generates_with_usage_metadata(tmp_path: Path) -> None:
     assert tally.as_dict()["reasoning"]["calls"] == 1
     # A local model cannot bind tools: the reasoning agent must use the text route.
     assert RoleChat("reasoning", model).supports_structured_output() is False
+
+
+def test_describers_retry_under_the_same_policy(sleeps: list[float]) -> None:
+    # Before, the describers relied on ChatOpenAI(max_retries=...): a second retry strategy.
+    from meragent.tools.describers import make_openai_chat
+
+    with scripted_server("500", "garbage", "ok") as server:
+        chat = make_openai_chat(
+            "m", base_url=server.url, api_key=None, timeout_s=5, max_retries=2, max_tokens=8
+        )
+        reply = chat.invoke("hi")
+    assert "Answer: neutral" in reply.content
+    assert len(server.requests) == 3  # a garbage body is retried like a 500, no client retries
+    assert len(sleeps) == 2

@@ -12,7 +12,6 @@ A failed call's message is scrubbed of secrets: servers echo the Authorization h
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,9 @@ from pydantic import BaseModel
 
 from meragent.config import RoleConfig, Settings
 from meragent.errors import ConfigError, LLMError, one_line
+from meragent.llm_policy import CallPolicy as CallPolicy
+from meragent.llm_policy import is_retryable
+from meragent.llm_policy import policy_for as policy_for
 from meragent.secrets import register_secret, scrub
 
 if TYPE_CHECKING:
@@ -138,41 +140,6 @@ def model_id_of(model: Any) -> str:
 
 
 # --------------------------------------------------------------------------- policy & usage
-
-
-@dataclass(frozen=True)
-class CallPolicy:
-    """How often (and how patiently) to retry; the one retry policy of every LLM call.
-
-    An attempt's time limit is the client's own (``ChatOpenAI(timeout=...)``; a local model is
-    bounded by ``max_new_tokens``), so no attempt runs on an abandoned thread.
-    """
-
-    max_retries: int = 2
-    backoff_s: float = 0.5
-    backoff_max_s: float = 8.0
-    jitter_s: float = 0.1
-
-    def retrying(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
-        """``runnable`` with this policy: transient failures retried with exponential backoff."""
-        return runnable.with_retry(
-            retry_if_exception_type=is_retryable,
-            stop_after_attempt=self.max_retries + 1,
-            wait_exponential_jitter=self.backoff_s > 0,
-            exponential_jitter_params={
-                "initial": self.backoff_s,
-                "max": self.backoff_max_s,
-                "jitter": self.jitter_s,
-            },
-        )
-
-
-def policy_for(role: RoleConfig, settings: Settings) -> CallPolicy:
-    """The call policy of a role: settings' retries, overridable in the role's options."""
-    return CallPolicy(
-        max_retries=int(role.options.get("max_retries", settings.llm_max_retries)),
-        backoff_s=float(role.options.get("backoff_s", 0.5)),
-    )
 
 
 def _role_usage_handler(model_id: str) -> Any:
@@ -291,28 +258,6 @@ class ChatCallError(LLMError):
         super().__init__(scrub(message))
         self.retries = retries
         self.transient = transient
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Transient failures (timeouts, connection errors, 429, 5xx, a body that is not JSON)."""
-    # A garbage HTTP body surfaces as JSONDecodeError from the client: the server misbehaved
-    # once, like a 500, so it gets the same attempts. (Unparsable *content* in a well-formed
-    # reply is not an exception: structured output reports it as a parsing error.)
-    if isinstance(exc, TimeoutError | ConnectionError | json.JSONDecodeError):
-        return True
-    if getattr(exc, "is_retryable", False) is True:  # langchain-core's ModelError family
-        return True
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - openai ships with langchain-openai
-        return False
-    transient = (
-        openai.APIConnectionError,  # includes APITimeoutError
-        openai.RateLimitError,
-        openai.InternalServerError,
-        openai.APIResponseValidationError,
-    )
-    return isinstance(exc, transient)
 
 
 @dataclass

@@ -348,7 +348,7 @@ class OpenAIDescriber:
 
         try:
             reply = self.chat_model.invoke([HumanMessage(content=content)])  # type: ignore[arg-type]
-        except Exception as exc:  # the client's own retries are done: report one line
+        except Exception as exc:  # the retry policy is spent: report one line
             raise LLMError(f"{self.name} ({self.model_id}) call failed: {first_line(exc)}") from exc
         return str(getattr(reply, "text", None) or reply.content).strip()
 
@@ -362,15 +362,19 @@ def make_openai_chat(
     max_retries: int,
     max_tokens: int,
 ) -> Any:
-    """A ``ChatOpenAI`` for an OpenAI-compatible server (vLLM needs any non-empty key)."""
+    """A ``ChatOpenAI`` for an OpenAI-compatible server (vLLM needs any non-empty key), under
+    the chat roles' retry policy (``llm_policy.CallPolicy``); the client bounds each attempt."""
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(
+    from meragent.llm_policy import CallPolicy
+
+    client = ChatOpenAI(
         model=model,
         base_url=base_url,
         api_key=api_key or "EMPTY",
         timeout=timeout_s,
-        max_retries=max_retries,
+        max_retries=0,  # the policy retries; client retries on top would multiply attempts
         max_tokens=max_tokens,
         temperature=0.0,
     )
+    return CallPolicy(max_retries=max_retries).retrying(client)

@@ -2,7 +2,8 @@
 
 It answers ``/v1/chat/completions`` from a script of replies (``"ok"``, ``"json"``,
 ``"garbage"``, ``"500"``, ``"400"``, ``"echo401"``, ``"text:…"``, ``"sleep:S"`` = answer "ok"
-after S seconds, for the client's own timeout), the last one repeating, and
+after S seconds, ``"slow_if:WORD:S"`` = the same only for requests whose body holds WORD, for
+the client's own timeout), the last one repeating, and
 records every request's headers and JSON body, so tests can see what the real ``ChatOpenAI``
 client sent and how often it tried.
 """
@@ -63,6 +64,9 @@ def _handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {k.lower(): v for k, v in self.headers.items()}
             step = server.next_step(headers, body)
+            if step.startswith("slow_if:"):
+                _, word, seconds = step.split(":", 2)
+                step = f"sleep:{seconds}" if word in json.dumps(body) else "ok"
             if step.startswith("sleep:"):
                 # An Event, not time.sleep: tests record (and skip) time.sleep for backoff waits.
                 server.closing.wait(float(step[len("sleep:") :]))
