@@ -239,12 +239,11 @@ class Settings(BaseSettings):
         profile = load_profile(str(data.get("profile", "offline")))
         data = dict(data)
         data["models"] = _merge_roles(profile, data.get("models") or {})
+        from_profile = profile_precision(str(data.get("profile", "offline")))  # checked always
         if data.get("precision") is None:  # explicit and env values come before the profile's
-            from_profile = profile_precision(str(data.get("profile", "offline")))
+            data.pop("precision", None)
             if from_profile is not None:
                 data["precision"] = from_profile
-            else:
-                data.pop("precision", None)
         return data
 
     @model_validator(mode="after")

@@ -48,6 +48,13 @@ def extract(
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto|fp32|bf16 for HuBERT/wav2vec2, CLIP and HF text encoders (default: the "
+            "settings'; auto = bf16 where the CPU/GPU has it). bf16 is recorded in the folder."
+        ),
+    ] = None,
     profile: Annotated[
         str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
     ] = None,
@@ -60,7 +67,7 @@ def extract(
 
     from meragent.tools.extract import dumps_summary, extract_features
 
-    settings = load_settings(profile=profile, home=home)
+    settings = load_settings(profile=profile, home=home, precision=precision)
     columns = (
         "[progress.description]{task.description}",
         BarColumn(),

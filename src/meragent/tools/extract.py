@@ -458,6 +458,7 @@ def report_summary(report: ExtractReport) -> dict[str, Any]:
         "failed": len(report.failures),
         "manifest_errors": len(report.manifest_errors),
         "failures_file": str(report.failures_path) if report.failures_path else None,
+        "precision": report.precision,
     }
 
 
