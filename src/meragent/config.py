@@ -285,7 +285,20 @@ class Settings(BaseSettings):
         """The resolved config as plain data, with secrets masked (for ``config show``)."""
         data = self.model_dump(mode="json")
         data["llm_api_key"] = "********" if self.llm_api_key else None
+        data["resolved"] = self.resolved_choices()
         return data
+
+    def resolved_choices(self) -> dict[str, str]:
+        """What ``auto`` became on this machine: the device and the compute precision.
+
+        Recorded with every run (the trace store's run config), so a result says whether its
+        encoders ran in bf16 or fp32.
+        """
+        try:
+            device = self.resolved_device()
+            return {"device": device, "precision": resolve_precision(self.precision, device)}
+        except ConfigError as exc:  # e.g. cuda asked on a machine without one: say so
+            return {"device": f"unavailable: {exc}", "precision": "unresolved"}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -222,3 +222,22 @@ def test_features_extract_precision_option(
         app, ["features", "extract", str(synth_dataset), *encoder, *home, "--precision", "half"]
     )
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_the_run_record_says_which_precision_the_encoders_used(
+    tmp_path: Path, synth_dataset: Path
+) -> None:
+    from meragent_fakes import fake_run_deps
+
+    from meragent.graphs.batch import BatchOptions, run_batch
+    from meragent.graphs.trace import read_trace
+
+    assert load_settings(precision="bf16").masked_dump()["resolved"]["precision"] == "bf16"
+    settings = load_settings(home=tmp_path / "home", precision="fp32", device="cpu")
+    options = BatchOptions(progress=False)
+    run_batch(settings, synth_dataset, "r", options, runtime=fake_run_deps(settings=settings))
+    with read_trace(settings.runs_dir / "r") as store:
+        run = store.get_run("r")
+    assert run is not None and run.config is not None
+    assert run.config["precision"] == "fp32"
+    assert run.config["resolved"] == {"device": "cpu", "precision": "fp32"}
