@@ -11,13 +11,13 @@ from typing import Any
 import pandas as pd
 import pytest
 from graph_helpers import write_manifest
+from meragent_fakes import ScriptedChatModel, fake_run_deps, scripted_reply
 
 from meragent.agents.chat import CallPolicy, RoleChat
 from meragent.config import Settings, load_settings
 from meragent.errors import ConfigError
 from meragent.graphs.batch import BatchOptions, RunLockedError, run_batch, run_lock
-from meragent.graphs.fakes import ScriptedChatModel, scripted_reply
-from meragent.graphs.runtime import Runtime, fake_runtime
+from meragent.graphs.runtime import RunDeps
 from meragent.graphs.trace import read_trace
 from meragent.schema import EMOTIONS
 
@@ -37,10 +37,10 @@ def _options(**kwargs: Any) -> BatchOptions:
     return BatchOptions(progress=False, **kwargs)
 
 
-def _with_reasoning(reply: Any, *, retries: int = 2, timeout: float | None = None) -> Runtime:
-    runtime = fake_runtime()
+def _with_reasoning(reply: Any, *, retries: int = 2) -> RunDeps:
+    runtime = fake_run_deps()
     model = ScriptedChatModel(reply=reply, model_id="flaky")
-    policy = CallPolicy(timeout_s=timeout, max_retries=retries, backoff_s=0.0)
+    policy = CallPolicy(max_retries=retries, backoff_s=0.0)
     runtime.chat_models["reasoning"] = RoleChat(
         "reasoning", model, policy=policy, tally=runtime.tally
     )
@@ -51,7 +51,7 @@ def test_batch_writes_submission_files_results_and_errors(
     tmp_path: Path, settings: Settings
 ) -> None:
     manifest = write_manifest(tmp_path / "data", 12, bad_rows=1)
-    summary = run_batch(settings, manifest, "b1", _options(concurrency=4), runtime=fake_runtime())
+    summary = run_batch(settings, manifest, "b1", _options(concurrency=4), runtime=fake_run_deps())
     assert (summary.n_clips, summary.n_ok, summary.n_failed, summary.n_row_errors) == (12, 12, 0, 1)
     run_dir = settings.runs_dir / "b1"
     names = [f"clip_{i:03d}" for i in range(12)]
@@ -96,7 +96,7 @@ def test_batch_writes_submission_files_results_and_errors(
 
 def test_ov_track_writes_only_the_openset_csv(tmp_path: Path, settings: Settings) -> None:
     manifest = write_manifest(tmp_path / "data", 3)
-    run_batch(settings, manifest, "ov1", _options(track="ov"), runtime=fake_runtime())
+    run_batch(settings, manifest, "ov1", _options(track="ov"), runtime=fake_run_deps())
     run_dir = settings.runs_dir / "ov1"
     assert not (run_dir / "discrete.csv").exists()
     assert len(_rows(run_dir / "openset.csv")) == 3
@@ -107,11 +107,11 @@ def test_resume_skips_finished_clips_and_each_clip_appears_once(
     tmp_path: Path, settings: Settings
 ) -> None:
     manifest = write_manifest(tmp_path / "data", 8)
-    first = run_batch(settings, manifest, "r", _options(limit=3), runtime=fake_runtime())
+    first = run_batch(settings, manifest, "r", _options(limit=3), runtime=fake_run_deps())
     assert first.n_ok == 3
     with pytest.raises(ConfigError, match=r"already has 3 clip results .* pass --resume"):
-        run_batch(settings, manifest, "r", _options(), runtime=fake_runtime())
-    runtime = fake_runtime()
+        run_batch(settings, manifest, "r", _options(), runtime=fake_run_deps())
+    runtime = fake_run_deps()
     second = run_batch(settings, manifest, "r", _options(resume=True), runtime=runtime)
     assert (second.n_skipped, second.n_ok) == (3, 5)
     reasoning = runtime.chat_models["reasoning"]
@@ -122,7 +122,7 @@ def test_resume_skips_finished_clips_and_each_clip_appears_once(
 
 def test_resume_with_another_track_is_refused(tmp_path: Path, settings: Settings) -> None:
     manifest = write_manifest(tmp_path / "data", 2)
-    run_batch(settings, manifest, "t", _options(track="ov"), runtime=fake_runtime())
+    run_batch(settings, manifest, "t", _options(track="ov"), runtime=fake_run_deps())
     with pytest.raises(ConfigError, match="started with --track ov"):
         run_batch(settings, manifest, "t", _options(track="semi", resume=True))
 
@@ -131,11 +131,11 @@ def test_a_second_batch_with_the_same_name_is_refused(tmp_path: Path, settings: 
     manifest = write_manifest(tmp_path / "data", 2)
     run_dir = settings.runs_dir / "busy"
     with run_lock(run_dir, "busy"), pytest.raises(RunLockedError) as caught:
-        run_batch(settings, manifest, "busy", _options(), runtime=fake_runtime())
+        run_batch(settings, manifest, "busy", _options(), runtime=fake_run_deps())
     assert "run 'busy' is already running (pid " in str(caught.value)
     assert "choose another --run name" in str(caught.value)
     # Once the holder is gone the name is free again.
-    assert run_batch(settings, manifest, "busy", _options(), runtime=fake_runtime()).n_ok == 2
+    assert run_batch(settings, manifest, "busy", _options(), runtime=fake_run_deps()).n_ok == 2
 
 
 def test_llm_server_down_for_some_clips_fails_only_those(
@@ -162,26 +162,35 @@ def test_llm_server_down_for_some_clips_fails_only_those(
     assert len(_rows(run_dir / "discrete.csv")) == 4
 
     # The server is back: resume redoes only the failed clips.
-    healed = run_batch(settings, manifest, "down", _options(resume=True), runtime=fake_runtime())
+    healed = run_batch(settings, manifest, "down", _options(resume=True), runtime=fake_run_deps())
     assert (healed.n_skipped, healed.n_ok, healed.n_failed) == (4, 2, 0)
     assert _rows(run_dir / "errors.csv") == []
     assert len(_rows(run_dir / "discrete.csv")) == 6
 
 
 def test_an_llm_that_times_out_becomes_a_per_clip_error(tmp_path: Path, settings: Settings) -> None:
+    # A real server on 127.0.0.1 that sleeps on one clip's request; the client's own timeout
+    # (ChatOpenAI(timeout=...)) ends each attempt, no thread is left waiting for the answer.
+    from http_double import scripted_server
+
+    from meragent.agents.chat import make_chat_model
+    from meragent.config import RoleConfig
+
     manifest = write_manifest(tmp_path / "data", 2, subtitles={0: "SLOW"})
-
-    def reply(messages: Any) -> str:
-        if "SLOW" in str(messages[-1].content):
-            import time
-
-            time.sleep(0.5)
-        return scripted_reply(messages)
-
-    runtime = _with_reasoning(reply, retries=1, timeout=0.05)
-    summary = run_batch(settings, manifest, "slow", _options(), runtime=runtime)
+    with scripted_server("slow_if:SLOW:5") as server:
+        llm = load_settings(llm_base_url=server.url, llm_timeout_s=0.3)
+        model = make_chat_model(RoleConfig(backend="openai", model="m"), llm)
+        runtime = fake_run_deps()
+        runtime.chat_models["reasoning"] = RoleChat(
+            "reasoning", model, policy=CallPolicy(max_retries=1, backoff_s=0.0), tally=runtime.tally
+        )
+        summary = run_batch(settings, manifest, "slow", _options(track="semi"), runtime=runtime)
+        slow = [r for r in server.requests if "SLOW" in json.dumps(r["body"])]
     assert (summary.n_ok, summary.n_failed) == (1, 1)
-    assert "no answer within 0.05 s" in summary.failures[0].reason
+    assert summary.failures[0].clip_id == "clip_000"
+    assert "timed out" in summary.failures[0].reason
+    assert len(slow) == 2  # one retry, then the clip fails
+    assert summary.usage["reasoning"]["retries"] == 1
 
 
 def test_garbage_llm_output_is_answered_best_effort_and_kept_raw(

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from graph_helpers import decoder, fixed_tools
 from langchain_core.language_models import GenericFakeChatModel
+from meragent_fakes import ScriptedChatModel
 
 from meragent.agents.chat import CallPolicy, ChatCallError, RoleChat
 from meragent.graphs.batch import invoke_clip, open_checkpointer, thread_id
 from meragent.graphs.builder import build_graph
-from meragent.graphs.fakes import ScriptedChatModel
+from meragent.graphs.context import graph_context
 from meragent.schema import Clip
 
 
@@ -41,26 +42,18 @@ def test_a_clip_whose_llm_was_down_resumes_without_rerunning_the_tools(
         ScriptedChatModel(fail_first=100),
         policy=CallPolicy(max_retries=1, backoff_s=0),
     )
-    graph = build_graph(
-        tools,
-        {"reasoning": down, "labeler": _labeler()},
-        decoder=decoder(),
-        checkpointer=open_checkpointer(path),
-    )
+    graph = build_graph(checkpointer=open_checkpointer(path))
+    context = graph_context(tools, {"reasoning": down, "labeler": _labeler()}, decoder=decoder())
     with pytest.raises(ChatCallError):
-        invoke_clip(graph, "r1", clip, checkpointed=True)
+        invoke_clip(graph, "r1", clip, checkpointed=True, context=context)
     config = {"configurable": {"thread_id": thread_id("r1", clip.id)}}
     assert graph.get_state(config).next == ("reasoning",)
 
     # A fresh process: new graph and connection on the same file, a working model.
     working = GenericFakeChatModel(messages=iter(["Glad.\nAnswer: happy"]))
-    resumed = build_graph(
-        tools,
-        {"reasoning": working, "labeler": _labeler()},
-        decoder=decoder(),
-        checkpointer=open_checkpointer(path),
-    )
-    out = invoke_clip(resumed, "r1", clip, checkpointed=True)
+    resumed = build_graph(checkpointer=open_checkpointer(path))
+    context = graph_context(tools, {"reasoning": working, "labeler": _labeler()}, decoder=decoder())
+    out = invoke_clip(resumed, "r1", clip, checkpointed=True, context=context)
     assert out["prediction"].discrete == "happy"
     assert out["prediction"].openset == ["happy"]
     assert tools.acoustic.calls == ["c1"]  # the tool super-step was not repeated
@@ -73,8 +66,9 @@ def test_checkpointed_state_holds_only_small_values(tmp_path: Path, clip: Clip) 
         "reasoning": GenericFakeChatModel(messages=iter(["Glad.\nAnswer: happy"])),
         "labeler": _labeler(),
     }
-    graph = build_graph(fixed_tools(), models, decoder=decoder(), checkpointer=saver)
-    invoke_clip(graph, "r1", clip, checkpointed=True)
+    graph = build_graph(checkpointer=saver)
+    context = graph_context(fixed_tools(), models, decoder=decoder())
+    invoke_clip(graph, "r1", clip, checkpointed=True, context=context)
     values = graph.get_state({"configurable": {"thread_id": thread_id("r1", "c1")}}).values
     leaves = _walk(values)
     assert not any(isinstance(v, np.ndarray | bytes) for v in leaves)
@@ -92,8 +86,9 @@ def test_a_finished_but_unrecorded_clip_is_not_run_again(tmp_path: Path, clip: C
         "reasoning": GenericFakeChatModel(messages=iter(["Glad.\nAnswer: happy"])),
         "labeler": _labeler(),
     }
-    graph = build_graph(tools, models, decoder=decoder(), checkpointer=saver)
-    first = invoke_clip(graph, "r1", clip, checkpointed=True)
-    again = invoke_clip(graph, "r1", clip, checkpointed=True)
+    graph = build_graph(checkpointer=saver)
+    context = graph_context(tools, models, decoder=decoder())
+    first = invoke_clip(graph, "r1", clip, checkpointed=True, context=context)
+    again = invoke_clip(graph, "r1", clip, checkpointed=True, context=context)
     assert again["prediction"] == first["prediction"]
     assert tools.visual.calls == ["c1"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from graph_helpers import write_manifest
+from meragent_fakes import write_fake_profile
 from typer.testing import CliRunner
 
 from meragent.cli import app
-from meragent.graphs.runtime import FAKE_RUNTIME_ENV
 from meragent.schema import EMOTIONS
 
 runner = CliRunner()
@@ -19,7 +19,8 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(FAKE_RUNTIME_ENV, "1")
+    # The doubles, chosen explicitly by a profile (tests/doubles is on sys.path via conftest).
+    monkeypatch.setenv("MERAGENT_PROFILE", str(write_fake_profile(tmp_path / "fake.toml")))
     return tmp_path / "home"
 
 

@@ -1,6 +1,6 @@
 """SIGKILL a batch at a seeded point, resume it, and get every clip exactly once.
 
-The batch runs in a subprocess on the fake runtime (``MERAGENT_FAKE_RUNTIME=1``) with a small
+The batch runs in a subprocess on the test doubles (a profile naming them) with a small
 per-call delay so the kill lands mid-run; the resumed outputs must equal an uninterrupted run's.
 The kill point comes from a seed printed in every failure message (set ``MERAGENT_KILL_SEED`` to
 replay it). An in-process test stops a clip's graph after every possible super-step, including
@@ -23,11 +23,11 @@ import pandas as pd
 import pytest
 from graph_helpers import write_manifest
 from langgraph.checkpoint.sqlite import SqliteSaver
+from meragent_fakes import doubles_env, fake_run_deps, write_fake_profile
 
 from meragent.config import load_settings
 from meragent.graphs.batch import BatchOptions, invoke_clip, run_batch, thread_id
 from meragent.graphs.builder import build_graph, checkpoint_serializer
-from meragent.graphs.runtime import FAKE_DELAY_ENV, FAKE_RUNTIME_ENV, fake_runtime
 from meragent.schema import Clip
 
 N_CLIPS = 40
@@ -82,7 +82,8 @@ def test_sigkill_then_resume_gives_every_clip_exactly_once(
 ) -> None:
     manifest = write_manifest(tmp_path / "data", N_CLIPS)
     home = tmp_path / "home"
-    env = {**os.environ, "MERAGENT_HOME": str(home), FAKE_RUNTIME_ENV: "1", FAKE_DELAY_ENV: "0.01"}
+    profile = write_fake_profile(tmp_path / "fake.toml", delay_s=0.01)  # doubles, chosen explicitly
+    env = doubles_env({**os.environ, "MERAGENT_HOME": str(home), "MERAGENT_PROFILE": str(profile)})
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(1_000_000))
     target = random.Random(seed).randint(1, N_CLIPS - 10)
     process = _batch(manifest, env)
@@ -109,23 +110,20 @@ def test_sigkill_then_resume_gives_every_clip_exactly_once(
     # Same answers as a run that was never interrupted.
     monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "reference"))
     reference = load_settings()
-    run_batch(reference, manifest, "k", BatchOptions(progress=False), runtime=fake_runtime())
+    run_batch(reference, manifest, "k", BatchOptions(progress=False), runtime=fake_run_deps())
     ref_dir = reference.runs_dir / "k"
     assert discrete == _lines(ref_dir / "discrete.csv"), context
     assert openset == _lines(ref_dir / "openset.csv"), context
 
 
 def _fake_graph(checkpointer: Any = None) -> Any:
-    """A graph on fresh fake tools and chat models, as a new process would build it."""
-    rt = fake_runtime()
-    return build_graph(
-        rt.tools,
-        rt.chat_models,
-        track="all",
-        checkpointer=checkpointer,
-        decoder=rt.decoder,
-        **rt.graph_options(),
-    )
+    """A graph compiled afresh, as a new process would build it."""
+    return build_graph("all", checkpointer=checkpointer)
+
+
+def _fake_context() -> Any:
+    """Fresh fake tools and chat models, as a new process would load them."""
+    return fake_run_deps().context()
 
 
 def _answer(output: dict[str, Any]) -> tuple[Any, ...]:
@@ -145,17 +143,19 @@ def test_a_clip_stopped_after_any_step_resumes_to_the_uninterrupted_answer(
         subtitle=f"sentence number {clip_index}",
         discrete="worried",
     )
-    expected = _answer(_fake_graph().invoke({"run_id": "k", "clip": clip}))
-    n_updates = len(list(_fake_graph().stream({"run_id": "k", "clip": clip})))
+    start = {"run_id": "k", "clip": clip}
+    expected = _answer(_fake_graph().invoke(start, context=_fake_context()))
+    n_updates = len(list(_fake_graph().stream(start, context=_fake_context())))
     config = {"configurable": {"thread_id": thread_id("k", clip.id)}}
     for stop_after in range(1, n_updates):
         conn = sqlite3.connect(":memory:", check_same_thread=False)
         checkpointer = SqliteSaver(conn, serde=checkpoint_serializer())
-        stream = _fake_graph(checkpointer).stream({"run_id": "k", "clip": clip}, config)
+        stream = _fake_graph(checkpointer).stream(start, config, context=_fake_context())
         for done, _ in enumerate(stream, start=1):
             if done == stop_after:
                 break
         stream.close()
-        resumed = invoke_clip(_fake_graph(checkpointer), "k", clip, checkpointed=True)
+        graph = _fake_graph(checkpointer)
+        resumed = invoke_clip(graph, "k", clip, checkpointed=True, context=_fake_context())
         assert _answer(resumed) == expected, f"stopped after update {stop_after} of {n_updates}"
         conn.close()

@@ -1,7 +1,7 @@
 """A run's lifecycle on fakes (issue 11): degraded clips, exit codes, resume rules, the final write.
 
 The runtime is passed explicitly (``runtime=``); CLI tests hand the same runtime to the command
-by replacing ``runtime_for`` where the command looks it up, so no environment switch is needed.
+by replacing ``load_run_deps`` where the command looks it up, so no environment switch is needed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from graph_helpers import write_manifest
+from meragent_fakes import ScriptedChatModel, fake_decoder, fake_run_deps, scripted_reply
 from typer.testing import CliRunner
 
 from meragent.agents.chat import CallPolicy, RoleChat
@@ -25,9 +26,8 @@ from meragent.config import Settings, load_settings
 from meragent.data.media_types import DecodedMedia
 from meragent.errors import ConfigError
 from meragent.graphs.batch import BatchOptions, run_batch
-from meragent.graphs.fakes import ScriptedChatModel, fake_decoder, scripted_reply
 from meragent.graphs.media_cache import default_decoder
-from meragent.graphs.runtime import Runtime, fake_runtime
+from meragent.graphs.runtime import RunDeps
 from meragent.graphs.trace import read_trace
 from meragent.schema import Clip
 
@@ -60,15 +60,15 @@ def real_decoder_for_empty_files() -> Callable[[Clip], DecodedMedia]:
     return decode
 
 
-def corrupt_video_runtime() -> Runtime:
-    runtime = fake_runtime()
+def corrupt_video_runtime() -> RunDeps:
+    runtime = fake_run_deps()
     runtime.decoder = real_decoder_for_empty_files()
     return runtime
 
 
-def reasoning_down_runtime(marker: str = "") -> Runtime:
+def reasoning_down_runtime(marker: str = "") -> RunDeps:
     """Fake runtime whose reasoning server refuses every clip (or those whose words hold marker)."""
-    runtime = fake_runtime()
+    runtime = fake_run_deps()
 
     def reply(messages: Any) -> str:
         if marker in str(messages[-1].content):
@@ -76,18 +76,18 @@ def reasoning_down_runtime(marker: str = "") -> Runtime:
         return scripted_reply(messages)
 
     model = ScriptedChatModel(reply=reply, model_id="down")
-    policy = CallPolicy(timeout_s=None, max_retries=0, backoff_s=0.0)
+    policy = CallPolicy(max_retries=0, backoff_s=0.0)
     runtime.chat_models["reasoning"] = RoleChat(
         "reasoning", model, policy=policy, tally=runtime.tally
     )
     return runtime
 
 
-def use_runtime(monkeypatch: pytest.MonkeyPatch, make: Callable[[], Runtime]) -> None:
-    """Make the CLI commands run on ``make()`` (they look the runtime up by ``runtime_for``)."""
-    monkeypatch.setattr("meragent.graphs.batch.runtime_for", lambda settings, track: make())
-    monkeypatch.setattr("meragent.graphs.pipeline.runtime_for", lambda settings, track: make())
-    monkeypatch.setattr("meragent.graphs.batch.grouper_for", lambda settings: None)
+def use_runtime(monkeypatch: pytest.MonkeyPatch, make: Callable[[], RunDeps]) -> None:
+    """Make the CLI commands run on ``make()`` (they look the runtime up by ``load_run_deps``)."""
+    monkeypatch.setattr("meragent.graphs.batch.load_run_deps", lambda settings, track: make())
+    monkeypatch.setattr("meragent.graphs.pipeline.load_run_deps", lambda settings, track: make())
+    monkeypatch.setattr("meragent.graphs.batch.profile_grouper", lambda settings: None)
 
 
 # --------------------------------------------------------------------------- defect 4: degraded
@@ -126,7 +126,7 @@ def test_an_empty_video_with_a_subtitle_is_answered_but_degraded(
         run = store.get_run("deg")
         assert run is not None and (run.n_ok, run.n_degraded, run.n_failed) == (2, 1, 0)
     # A degraded clip has its answer: resume does not run it again.
-    runtime = fake_runtime()
+    runtime = fake_run_deps()
     again = run_batch(settings, manifest, "deg", _options(resume=True), runtime=runtime)
     assert (again.n_skipped, again.n_done) == (3, 0)
     assert again.exit_code == 1  # the run's outputs still hold a degraded clip
@@ -189,7 +189,7 @@ def test_batch_exit_codes(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_manifest(tmp_path / "data", 3)
-    use_runtime(monkeypatch, fake_runtime)
+    use_runtime(monkeypatch, fake_run_deps)
     ok = runner.invoke(app, ["batch", str(manifest), "--run", "ok"])
     assert ok.exit_code == 0, ok.output
 
@@ -247,7 +247,7 @@ def test_resume_without_track_or_source_takes_the_stored_ones(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_manifest(tmp_path / "data", 4)
-    use_runtime(monkeypatch, fake_runtime)
+    use_runtime(monkeypatch, fake_run_deps)
     first = runner.invoke(
         app, ["batch", str(manifest), "--run", "ov", "--track", "ov", "--limit", "2"]
     )
@@ -274,9 +274,9 @@ def test_resume_on_another_source_is_refused_unless_allowed(
 ) -> None:
     first = write_manifest(tmp_path / "a", 8)
     second = write_manifest(tmp_path / "b", 5)
-    run_batch(settings, first, "mix", _options(), runtime=fake_runtime())
+    run_batch(settings, first, "mix", _options(), runtime=fake_run_deps())
     with pytest.raises(ConfigError) as caught:
-        run_batch(settings, second, "mix", _options(resume=True), runtime=fake_runtime())
+        run_batch(settings, second, "mix", _options(resume=True), runtime=fake_run_deps())
     message = str(caught.value)
     assert f"run 'mix' was started on {first.resolve()}, not {second.resolve()}" in message
     assert "would mix two datasets" in message and "--allow-new-source" in message
@@ -286,7 +286,7 @@ def test_resume_on_another_source_is_refused_unless_allowed(
     moved = tmp_path / "moved"
     (tmp_path / "a").rename(moved)
     options = _options(resume=True, allow_new_source=True)
-    summary = run_batch(settings, moved / "manifest.csv", "mix", options, runtime=fake_runtime())
+    summary = run_batch(settings, moved / "manifest.csv", "mix", options, runtime=fake_run_deps())
     assert (summary.n_skipped, summary.n_done) == (8, 0)
 
 
@@ -307,14 +307,14 @@ def test_a_run_is_finished_only_once_its_outputs_are_written(
 
     monkeypatch.setattr(session, "write_outputs", dies_during_the_final_write)
     with pytest.raises(OSError, match="No space left"):
-        run_batch(settings, manifest, "w", _options(), runtime=fake_runtime())
+        run_batch(settings, manifest, "w", _options(), runtime=fake_run_deps())
     run_dir = settings.runs_dir / "w"
     assert not (run_dir / "results.parquet").exists()
     with read_trace(run_dir) as store:
         run = store.get_run("w")
         assert run is not None and run.status == "interrupted" and run.n_ok == 3
     # Resume has nothing left to run but writes the outputs, and only then says finished.
-    again = run_batch(settings, manifest, "w", _options(resume=True), runtime=fake_runtime())
+    again = run_batch(settings, manifest, "w", _options(resume=True), runtime=fake_run_deps())
     assert (again.n_skipped, again.exit_code) == (3, 0)
     assert len(pd.read_parquet(run_dir / "results.parquet")) == 3
     with sqlite3.connect(run_dir / "trace.sqlite") as conn:
@@ -328,7 +328,7 @@ def test_progress_bar_and_summary_print_the_same_clips_per_second(
     tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_manifest(tmp_path / "data", 4)
-    use_runtime(monkeypatch, lambda: fake_runtime(delay_s=0.02))
+    use_runtime(monkeypatch, lambda: fake_run_deps(delay_s=0.02))
     result = runner.invoke(app, ["batch", str(manifest), "--run", "rate"], terminal_width=200)
     assert result.exit_code == 0, result.output
     bar = re.findall(r"4/4\s+([0-9.]+) clips/s", result.output)

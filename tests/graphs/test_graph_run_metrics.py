@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 from graph_helpers import write_manifest
+from meragent_fakes import ScriptedChatModel, fake_run_deps, scripted_reply
 from typer.testing import CliRunner
 
 from meragent.agents.chat import CallPolicy, RoleChat
 from meragent.cli import app
 from meragent.config import Settings, load_settings
 from meragent.graphs.batch import BatchOptions, run_batch
-from meragent.graphs.fakes import ScriptedChatModel, scripted_reply
-from meragent.graphs.runtime import Runtime, fake_runtime, profile_grouper
+from meragent.graphs.runtime import RunDeps, profile_grouper
 from meragent.graphs.trace import read_trace
 from meragent.schema import EMOTIONS
 
@@ -29,9 +29,9 @@ runner = CliRunner()
 N_CLIPS = 6
 
 
-def _runtime_with_profile_grouper(settings: Settings) -> Runtime:
+def _runtime_with_profile_grouper(settings: Settings) -> RunDeps:
     """Fake tools and LLMs (clip_002's reasoning server is down), the profile's real grouper."""
-    runtime = fake_runtime()
+    runtime = fake_run_deps()
 
     def reply(messages: Any) -> str:
         if "DOWN" in str(messages[-1].content):
@@ -39,7 +39,7 @@ def _runtime_with_profile_grouper(settings: Settings) -> Runtime:
         return scripted_reply(messages)
 
     model = ScriptedChatModel(reply=reply, model_id="scripted-reasoning")
-    policy = CallPolicy(timeout_s=None, max_retries=0, backoff_s=0.0)
+    policy = CallPolicy(max_retries=0, backoff_s=0.0)
     runtime.chat_models["reasoning"] = RoleChat(
         "reasoning", model, policy=policy, tally=runtime.tally
     )

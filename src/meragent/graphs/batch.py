@@ -1,26 +1,25 @@
-"""The in-process executor: run the clip graph over a manifest with threads.
+"""The in-process executor: the clip graph over a run's clips, on a pool of threads.
 
-The run's lifecycle (options, lock, resume, recording each clip's outcome, counting, closing)
-is ``graphs.session``'s, shared with the Ray executor; its names are re-exported here. Besides
-the run folder's ``trace.sqlite`` and outputs, this executor keeps ``checkpoints.sqlite``
-(LangGraph ``SqliteSaver``): a clip killed mid-graph resumes at its last finished super-step;
-finished clips' threads are pruned. Outputs are regenerated from the store now and then and at
-the end, each replaced atomically, so a SIGKILL at any moment leaves either the previous or the
-new file, never duplicates; ``--resume`` skips answered clips and rewrites the outputs.
+:class:`ThreadExecutor` only turns clips into ``ClipResult``s; the run's lifecycle (options, lock,
+resume, commit, counting, exports, close) is :class:`graphs.session.RunSession`'s, shared with
+the Ray executor. Besides the run folder's ``trace.sqlite`` and outputs, this executor keeps
+``checkpoints.sqlite`` (LangGraph ``SqliteSaver``): a clip killed mid-graph resumes at its last
+finished super-step; an answered clip's thread is pruned once the session committed it. At most
+``2 × concurrency`` clips are in flight, so memory stays flat for 100k-clip manifests.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from meragent.config import Settings
+from meragent.graphs.context import GraphContext
 from meragent.graphs.media_cache import MediaCache
-from meragent.graphs.outputs import write_outputs
 from meragent.graphs.run_folder import (
     CHECKPOINT_FILE,
     LOCK_FILE,
@@ -31,24 +30,17 @@ from meragent.graphs.run_folder import (
     run_dir_for,
     run_lock,
 )
-from meragent.graphs.runtime import Runtime, grouper_for, runtime_for
+from meragent.graphs.runtime import RunDeps, load_run_deps, profile_grouper
 from meragent.graphs.session import (
     BatchOptions,
     BatchSummary,
-    RunInputs,
-    add_progress_task,
-    advance,
-    close_run,
+    ClipResult,
+    RunSession,
     failure_stage,
     load_clips,
-    locked_run,
-    prepare_store,
-    progress_bar,
-    record_failure,
-    record_success,
 )
-from meragent.graphs.trace import TraceStore, open_trace
-from meragent.schema import Clip, ClipFailure
+from meragent.graphs.trace import StepBuffer
+from meragent.schema import Clip
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -56,18 +48,14 @@ __all__ = [
     "BatchOptions",
     "BatchSummary",
     "RunLockedError",
+    "ThreadExecutor",
     "batch_alive",
     "check_run_name",
     "clear_run",
-    "close_run",
     "failure_stage",
     "invoke_clip",
     "load_clips",
     "open_checkpointer",
-    "prepare_store",
-    "progress_bar",
-    "record_failure",
-    "record_success",
     "run_batch",
     "run_dir_for",
     "run_lock",
@@ -83,7 +71,9 @@ def thread_id(run_id: str, clip_id: str) -> str:
     return f"{run_id}/{clip_id}"
 
 
-def invoke_clip(graph: Any, run_id: str, clip: Clip, *, checkpointed: bool) -> dict[str, Any]:
+def invoke_clip(
+    graph: Any, run_id: str, clip: Clip, *, checkpointed: bool, context: GraphContext
+) -> dict[str, Any]:
     """Run the graph on one clip; with a checkpointer, continue a thread a killed run left."""
     config = {"configurable": {"thread_id": thread_id(run_id, clip.id)}}
     if checkpointed:
@@ -92,17 +82,14 @@ def invoke_clip(graph: Any, run_id: str, clip: Clip, *, checkpointed: bool) -> d
         same_clip = bool(values) and values.get("clip") == clip
         # ``tasks``, not ``next``: a kill after every task of a super-step saved its writes but
         # before the next checkpoint leaves ``next`` empty while the step is still to be applied.
-        if same_clip and snapshot.tasks:
-            return dict(graph.invoke(None, config))  # resume at the unfinished super-step
+        if same_clip and snapshot.tasks:  # resume at the unfinished super-step
+            return dict(graph.invoke(None, config, context=context))
         if same_clip and "prediction" in values:
             return dict(values)  # finished but not recorded before the kill
         if values:
             # A fresh input on an old thread would append its clues to the stale ones.
             graph.checkpointer.delete_thread(thread_id(run_id, clip.id))
-    return dict(graph.invoke({"run_id": run_id, "clip": clip}, config))
-
-
-# --------------------------------------------------------------------------- batch
+    return dict(graph.invoke({"run_id": run_id, "clip": clip}, config, context=context))
 
 
 def open_checkpointer(path: Path) -> Any:
@@ -120,123 +107,154 @@ def open_checkpointer(path: Path) -> Any:
     return saver
 
 
+# --------------------------------------------------------------------------- the executor
+
+
+class ThreadExecutor:
+    """Clips through one compiled graph on ``concurrency`` threads, isolated per clip.
+
+    ``runtime``: the tools and chat models (default: built from the settings for the run's track,
+    only when a clip is left to run).
+    """
+
+    def __init__(self, settings: Settings, runtime: RunDeps | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+
+    def usage(self) -> dict[str, Any]:
+        return self.runtime.tally.as_dict() if self.runtime is not None else {}
+
+    def grouper(self, session: RunSession) -> Any:
+        return self.runtime.grouper if self.runtime is not None else profile_grouper(self.settings)
+
+    def results(self, session: RunSession, todo: list[tuple[int, Clip]]) -> Iterator[ClipResult]:
+        rt = self.runtime = self.runtime or load_run_deps(self.settings, track=session.track)
+        session.store.add_secrets(rt.secrets)  # scrub the API key from anything stored
+        options = session.options
+        checkpointer = (
+            open_checkpointer(session.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
+        )
+        try:
+            clips = _ClipRunner(rt, session.run_id, options, checkpointer)
+            size = options.encoder_batch or default_encoder_batch(self.settings, rt.tools)
+            queue = clips.encoded_first(todo, size) if size > 1 else iter(todo)
+            for result in _as_completed(clips.run, queue, options.concurrency):
+                yield result  # the session commits it before we go on
+                if checkpointer is not None and result.status != "failed":
+                    checkpointer.delete_thread(thread_id(session.run_id, result.clip_id))
+        finally:
+            if checkpointer is not None:
+                checkpointer.conn.close()
+
+
+class _ClipRunner:
+    """One compiled graph and what it needs per clip (decoded media, buffered trace rows)."""
+
+    def __init__(self, rt: RunDeps, run_id: str, options: BatchOptions, checkpointer: Any) -> None:
+        from meragent.graphs.builder import build_graph
+
+        self.run_id, self.checkpointer, self.tools = run_id, checkpointer, rt.tools
+        self.concurrency = options.concurrency
+        self.resumable = checkpointer is not None and _has_threads(checkpointer)
+        # Room for the clips in flight plus one encoder group decoded ahead of them.
+        ahead = options.encoder_batch or 0
+        self.media = MediaCache(rt.decoder, max_items=4 * options.concurrency + 2 * ahead + 4)
+        self.steps = StepBuffer()  # a clip's node rows are committed with its result
+        self.graph = build_graph(options.run_track, checkpointer=checkpointer)
+        self.context = rt.context(trace=self.steps, media=self.media)
+
+    def encoded_first(self, todo: list[tuple[int, Clip]], size: int) -> Iterator[tuple[int, Clip]]:
+        """``todo`` in groups of ``size``, each group's encoders run batched before its graphs.
+
+        The vectors land in the feature cache, where the graph's tool nodes find them; what the
+        batch could not encode (a clip that fails to decode, an encoder error) the tool node does
+        at batch 1 and reports as it always did.
+        """
+        from meragent.tools.encoding import encode_clips
+
+        for start in range(0, len(todo), size):
+            group = todo[start : start + size]
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                pairs = list(pool.map(self._decoded, [clip for _, clip in group]))
+            encode_clips(self.tools, pairs, size)
+            yield from group
+
+    def _decoded(self, clip: Clip) -> tuple[Clip, Any]:
+        try:
+            return clip, self.media.get(clip)
+        except Exception:  # the graph's load_media decodes again and records the error
+            return clip, None
+
+    def run(self, seq: int, clip: Clip) -> ClipResult:
+        clock = time.perf_counter()
+        checkpointed = self.resumable  # else no thread can exist: skip looking one up
+        try:
+            output = invoke_clip(
+                self.graph, self.run_id, clip, checkpointed=checkpointed, context=self.context
+            )
+        except Exception as exc:  # per-clip isolation: record and move on
+            latency = time.perf_counter() - clock
+            return ClipResult.failed(seq, clip, exc, latency, steps=self.steps.pop(clip.id))
+        finally:
+            self.media.drop(clip.id)
+        latency = time.perf_counter() - clock
+        return ClipResult.answered(seq, clip.id, output, latency, steps=self.steps.pop(clip.id))
+
+
+def _has_threads(checkpointer: Any) -> bool:
+    """Whether a killed run left any checkpoint (we hold the run's lock: none appear later)."""
+    row = checkpointer.conn.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone()
+    return row is not None
+
+
+def default_encoder_batch(settings: Settings, tools: Any) -> int:
+    """Clips per encoder call when ``--encoder-batch`` is not given: 8 on a GPU, 1 on CPU.
+
+    A toolset with no batchable encoder (prosody, FER, test doubles) gets 1 without asking the
+    device (which imports torch).
+    """
+    from meragent.tools.encoding import batchable_tools
+
+    if not batchable_tools(tools):
+        return 1
+    return 8 if settings.resolved_device().startswith("cuda") else 1
+
+
+def _as_completed(
+    run: Any, todo: Iterable[tuple[int, Clip]], concurrency: int
+) -> Iterator[ClipResult]:
+    """``run(seq, clip)`` on a thread pool, at most ``2 × concurrency`` clips in flight."""
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    pending: set[Future[ClipResult]] = set()
+    queue = iter(todo)
+    try:
+        while True:
+            for seq, clip in queue:
+                pending.add(pool.submit(run, seq, clip))
+                if len(pending) >= 2 * concurrency:
+                    break
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def run_batch(
     settings: Settings,
     source: Path | str | None,
     run_name: str,
     options: BatchOptions | None = None,
     *,
-    runtime: Runtime | None = None,
+    runtime: RunDeps | None = None,
 ) -> BatchSummary:
     """Run every clip of ``source`` through the graph into ``runs_dir/run_name``.
 
     ``source=None`` (with ``--resume``) continues on the source the run was started with.
     """
-    with locked_run(settings, source, run_name, options or BatchOptions()) as run:
-        return _run_locked(settings, run, runtime)
-
-
-def _run_locked(settings: Settings, run: RunInputs, runtime: Runtime | None) -> BatchSummary:
-    started = time.perf_counter()
-    rt = runtime  # built lazily: nothing to load when every clip is already done
-    options, track = run.options, run.options.run_track
-    with open_trace(run.run_dir, secrets=[]) as store:
-        done = prepare_store(store, run.run_id, options, settings, run.source, len(run.clips))
-        todo = [(seq, clip) for seq, clip in enumerate(run.clips) if clip.id not in done]
-        summary = BatchSummary.starting(
-            run.run_id, run.run_dir, track, len(run.clips), len(todo), len(run.row_errors)
-        )
-        status = "interrupted"
-        try:
-            if todo:
-                rt = rt or runtime_for(settings, track=track)
-                store.add_secrets(rt.secrets)  # scrub the API key from anything stored
-                _run_clips(store, run, todo, rt, summary)
-            status = "finished"
-        finally:
-            usage = rt.tally.as_dict() if rt is not None else {}
-            grouper = rt.grouper if rt is not None else grouper_for(settings)
-            close_run(store, summary, status, usage, track, run.row_errors, started,
-                      grouper=grouper)  # fmt: skip
-    return summary
-
-
-def _run_clips(
-    store: TraceStore,
-    run: RunInputs,
-    todo: list[tuple[int, Clip]],
-    rt: Runtime,
-    summary: BatchSummary,
-) -> None:
-    from meragent.graphs.builder import build_graph
-
-    options, run_id = run.options, run.run_id
-    checkpointer = open_checkpointer(run.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
-    media = MediaCache(rt.decoder, max_items=4 * options.concurrency + 4)
-    graph = build_graph(
-        rt.tools,
-        rt.chat_models,
-        track=options.run_track,
-        checkpointer=checkpointer,
-        trace=store,
-        media_cache=media,
-        **rt.graph_options(),
-    )
-
-    def process(seq: int, clip: Clip) -> ClipFailure | None:
-        clock = time.perf_counter()
-        try:
-            output = invoke_clip(graph, run_id, clip, checkpointed=checkpointer is not None)
-            outcome = record_success(store, run_id, seq, clip, output, time.perf_counter() - clock)
-        except Exception as exc:  # per-clip isolation: record and move on
-            return record_failure(store, run_id, seq, clip, exc, time.perf_counter() - clock)
-        finally:
-            media.drop(clip.id)
-        if checkpointer is not None:
-            checkpointer.delete_thread(thread_id(run_id, clip.id))  # keep the checkpoint DB small
-        return outcome
-
-    try:
-        _drain(process, store, run, todo, summary)
-    finally:
-        if checkpointer is not None:
-            checkpointer.conn.close()
-
-
-def _drain(
-    process: Callable[[int, Clip], ClipFailure | None],
-    store: TraceStore,
-    run: RunInputs,
-    todo: list[tuple[int, Clip]],
-    summary: BatchSummary,
-) -> None:
-    """Feed clips to a thread pool, count outcomes, refresh outputs now and then."""
-    options = run.options
-    last_export = time.monotonic()
-    with progress_bar(options.progress, len(todo), lambda: summary.clips_per_s) as progress:
-        task = add_progress_task(progress, summary)
-        summary.throughput.start()
-        with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-            pending: set[Future[ClipFailure | None]] = set()
-            queue = iter(todo)
-            try:
-                while True:
-                    # Bounded submission: memory stays flat for 100k-clip manifests.
-                    for seq, clip in queue:
-                        pending.add(pool.submit(process, seq, clip))
-                        if len(pending) >= 2 * options.concurrency:
-                            break
-                    if not pending:
-                        break
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        advance(progress, task, summary, future.result())
-                    if time.monotonic() - last_export > options.export_every_s:
-                        write_outputs(
-                            store, run.run_dir, run.run_id, track=options.run_track,
-                            row_errors=run.row_errors, with_metrics=False,
-                        )  # fmt: skip
-                        last_export = time.monotonic()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    with RunSession(settings, source, run_name, options) as session:
+        return session.run(ThreadExecutor(settings, runtime))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +39,6 @@ from typing import Any
 
 from meragent.config import Settings
 from meragent.errors import ConfigError, MeragentError
-from meragent.graphs.outputs import write_outputs
 from meragent.graphs.ray_stages import (
     CLIP_ID,
     PAYLOAD,
@@ -49,25 +47,12 @@ from meragent.graphs.ray_stages import (
     GraphStage,
     RuntimeFactory,
     StageContext,
-    add_usage,
     decode_batch,
     without_chat_roles,
     worker_environment,
 )
-from meragent.graphs.session import (
-    BatchOptions,
-    BatchSummary,
-    RunInputs,
-    add_progress_task,
-    advance,
-    check_options,
-    close_run,
-    locked_run,
-    prepare_store,
-    progress_bar,
-    record_answer,
-)
-from meragent.graphs.trace import TraceStore, dumps, open_trace
+from meragent.graphs.session import BatchOptions, BatchSummary, ClipResult, RunSession
+from meragent.graphs.trace import TraceStore
 from meragent.schema import Clip, ClipFailure, TraceStep
 
 INSTALL_HINT = "pip install 'meragent[ray]'"
@@ -85,7 +70,7 @@ class RayOptions:
     ``gpus_per_worker`` GPUs of the cluster (1 without GPUs) and as many graph actors; CPU shares
     default to what the cluster can give without starving the decode tasks.
     ``llm_urls``: OpenAI-compatible servers for the LLM roles, clips spread over them.
-    ``runtime_factory``: builds each worker's Runtime (default ``graphs.runtime.runtime_for``).
+    ``runtime_factory``: builds each worker's RunDeps (default ``graphs.runtime.load_run_deps``).
     """
 
     address: str | None = None
@@ -283,44 +268,43 @@ def actor_retry_args(dataset: Any, options: RayOptions) -> dict[str, int]:
 # --------------------------------------------------------------------------- driver side
 
 
-def commit_row(store: TraceStore, run_id: str, row: dict[str, Any]) -> ClipFailure | None:
-    """Write one graph-stage row to the store: its trace steps, then its clip_result (commit)."""
+def row_result(row: dict[str, Any]) -> ClipResult:
+    """The ``ClipResult`` of one graph-stage row (its trace steps and usage with it)."""
     payload = json.loads(str(row[PAYLOAD]))
-    clip_id = str(row[CLIP_ID])
-    seq = int(row["seq"])
-    for entry in payload.get("steps", []):
-        store.add_step(TraceStep.model_validate(entry["step"]), inputs=entry.get("inputs"))
+    clip_id, seq = str(row[CLIP_ID]), int(row["seq"])
+    steps = tuple(
+        (TraceStep.model_validate(entry["step"]), entry.get("inputs"))
+        for entry in payload.get("steps", [])
+    )
+    usage = json.loads(str(row[USAGE])) if row.get(USAGE) else {}
     latency = float(payload.get("latency_s", 0.0))
     if payload["status"] == "ok":  # answered: ok or degraded, decided as in-process
-        output = payload["output"]
-        prediction = output.get("prediction") or {}
-        return record_answer(store, run_id, seq, clip_id, output, prediction, latency)
-    store.record_result(
-        run_id,
-        clip_id,
+        return ClipResult.answered(seq, clip_id, payload["output"], latency, steps=steps,
+                                   usage=usage)  # fmt: skip
+    return ClipResult(
         seq=seq,
+        clip_id=clip_id,
         status="failed",
-        stage=payload["stage"],
-        error=payload["error"],
         latency_s=latency,
         result={"clip": payload.get("clip")},
+        stage=payload["stage"],
+        error=payload["error"],
+        reason=payload["reason"],
+        steps=steps,
+        usage=usage,
     )
-    return ClipFailure(clip_id=clip_id, stage=payload["stage"], reason=payload["reason"])
 
 
-def record_lost(store: TraceStore, run_id: str, seq: int, clip: Clip) -> ClipFailure:
+def commit_row(store: TraceStore, run_id: str, row: dict[str, Any]) -> ClipFailure | None:
+    """Write one graph-stage row to the store (steps and result together); its outcome."""
+    result = row_result(row)
+    store.commit_clip(run_id, result)
+    return result.outcome
+
+
+def lost_result(seq: int, clip: Clip) -> ClipResult:
     """A clip whose batch Ray gave up on: failed, so that ``--resume`` tries it again."""
-    store.record_result(
-        run_id,
-        clip.id,
-        seq=seq,
-        status="failed",
-        stage=LOST_STAGE,
-        error=f"WorkerLost: {LOST_REASON}",
-        latency_s=0.0,
-        result={"clip": json.loads(dumps(clip) or "null")},
-    )
-    return ClipFailure(clip_id=clip.id, stage=LOST_STAGE, reason=LOST_REASON)
+    return ClipResult.failure(seq, clip.id, clip, LOST_STAGE, LOST_REASON, "WorkerLost", 0.0)
 
 
 def settings_secrets(settings: Settings) -> list[str]:
@@ -336,138 +320,72 @@ def run_batch_ray(
 ) -> BatchSummary:
     """Run every clip of ``source`` on Ray into ``runs_dir/run_name`` (same files as run_batch)."""
     options = options or BatchOptions()
-    ray_options = ray_options or RayOptions()
-    check_options(options)
     ray = import_ray()  # fail before touching the run folder
-    with locked_run(settings, source, run_name, options) as run:
-        return _run_locked(ray, settings, run, ray_options)
+    executor = RayExecutor(ray, settings, ray_options or RayOptions())
+    with RunSession(settings, source, run_name, options, secrets=settings_secrets(settings)) as run:
+        return run.run(executor)
 
 
-def _run_locked(
-    ray: Any, settings: Settings, run: RunInputs, ray_options: RayOptions
-) -> BatchSummary:
-    started = time.perf_counter()
-    usage: dict[str, dict[str, float]] = {}
-    options, track = run.options, run.options.run_track
-    grouper: Any = None
-    with open_trace(run.run_dir, secrets=settings_secrets(settings)) as store:
-        done = prepare_store(store, run.run_id, options, settings, run.source, len(run.clips))
-        todo = [(seq, clip) for seq, clip in enumerate(run.clips) if clip.id not in done]
-        summary = BatchSummary.starting(
-            run.run_id, run.run_dir, track, len(run.clips), len(todo), len(run.row_errors)
-        )
-        status = "interrupted"
-        try:
-            if todo:
-                grouper = _run_on_ray(ray, store, run, todo, settings, ray_options, summary, usage)
-            else:
-                grouper = _driver_grouper(settings, run, ray_options)
-            status = "finished"
-        finally:
-            close_run(store, summary, status, usage, track, run.row_errors, started,
-                      grouper=grouper)  # fmt: skip
-    return summary
+class RayExecutor:
+    """Clips through the Ray Data pipeline; yields each clip's result once, as rows arrive."""
 
+    def __init__(self, ray: Any, settings: Settings, ray_options: RayOptions) -> None:
+        self.ray, self.settings, self.ray_options = ray, settings, ray_options
+        self._grouper: Any = None
 
-def _driver_grouper(settings: Settings, run: RunInputs, ray_options: RayOptions) -> Any:
-    """The grouper metrics.json uses when no clip ran: the one the workers' runtime would have."""
-    if ray_options.runtime_factory is None:
-        from meragent.graphs.runtime import grouper_for
+    def usage(self) -> dict[str, Any]:
+        return {}  # every row carries its own usage; the session adds them up
 
-        return grouper_for(settings)
-    context = stage_context(settings, run.run_id, run.options, ray_options)
-    return context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local")).grouper
+    def grouper(self, session: RunSession) -> Any:
+        """metrics.json's grouper: the one the workers' runtime has (built on the driver)."""
+        if self._grouper is None and self.ray_options.runtime_factory is None:
+            from meragent.graphs.runtime import profile_grouper
 
+            return profile_grouper(self.settings)
+        if self._grouper is None:
+            self._grouper = self._driver_runtime(session).grouper
+        return self._grouper
 
-def _run_on_ray(
-    ray: Any,
-    store: TraceStore,
-    run: RunInputs,
-    todo: list[tuple[int, Clip]],
-    settings: Settings,
-    ray_options: RayOptions,
-    summary: BatchSummary,
-    usage: dict[str, dict[str, float]],
-) -> Any:
-    """Stream the clips through Ray, committing each; returns the grouper for metrics.json."""
-    context = stage_context(settings, run.run_id, run.options, ray_options)
-    # Build the runtime once here (without loading local LLM weights): a bad profile, model
-    # path or LLM endpoint fails now, as one line, instead of killing every worker that tries.
-    driver = context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local"))
-    with ray_session(ray, ray_options.address), data_context(ray, progress=False):
-        plan = plan_resources(ray.cluster_resources(), ray_options)
-        context = replace(context, gpu=plan.gpus_per_worker > 0)
-        with progress_bar(run.options.progress, len(todo), lambda: summary.clips_per_s) as bar:
-            committer = _Committer(store, run, summary, usage)
-            committer.watch(bar)
-            committer.consume(
-                _result_rows(ray, build_dataset(ray, todo, context, plan, ray_options))
-            )
-            lost = committer.missing(todo)
-            if lost and (ray_options.encoder_batch_size > 1 or run.options.concurrency > 1):
+    def _driver_runtime(self, run: RunSession) -> Any:
+        context = stage_context(self.settings, run.run_id, run.options, self.ray_options)
+        return context.runtime(without_chat_roles(context.cpu_settings(), only_backend="local"))
+
+    def results(self, session: RunSession, todo: list[tuple[int, Clip]]) -> Iterator[ClipResult]:
+        ray, ray_options = self.ray, self.ray_options
+        context = stage_context(self.settings, session.run_id, session.options, ray_options)
+        # Build the runtime once here (without loading local LLM weights): a bad profile, model
+        # path or LLM endpoint fails now, as one line, instead of killing every worker that tries.
+        self._grouper = self._driver_runtime(session).grouper
+        committed: set[str] = set()
+
+        def fresh(rows: Iterator[dict[str, Any]]) -> Iterator[ClipResult]:
+            for row in rows:
+                if str(row[CLIP_ID]) not in committed:  # never twice, whatever Ray retried
+                    committed.add(str(row[CLIP_ID]))
+                    yield row_result(row)
+
+        with ray_session(ray, ray_options.address), data_context(ray, progress=False):
+            plan = plan_resources(ray.cluster_resources(), ray_options)
+            context = replace(context, gpu=plan.gpus_per_worker > 0)
+            dataset = build_dataset(ray, todo, context, plan, ray_options)
+            yield from fresh(_result_rows(ray, dataset))
+            lost = [(seq, clip) for seq, clip in todo if clip.id not in committed]
+            if lost and (ray_options.encoder_batch_size > 1 or session.options.concurrency > 1):
                 # Ray gave up on whole batches: run their clips again one per batch, so that only
                 # a clip that itself kills its worker is lost.
                 alone = replace(ray_options, encoder_batch_size=1)
                 dataset = build_dataset(ray, lost, context, plan, alone, isolate=True)
-                committer.consume(_result_rows(ray, dataset))
-                lost = committer.missing(todo)
-            for seq, clip in lost:
-                committer.count(record_lost(store, run.run_id, seq, clip))
-    return driver.grouper
-
-
-class _Committer:
-    """The driver's side of the stream: commit each row once, count it, export now and then."""
-
-    def __init__(
-        self,
-        store: TraceStore,
-        run: RunInputs,
-        summary: BatchSummary,
-        usage: dict[str, dict[str, float]],
-    ) -> None:
-        self.store, self.run, self.summary, self.usage = store, run, summary, usage
-        self.committed: set[str] = set()
-        self.last_export = time.monotonic()
-        self.progress: Any = None
-        self.task: Any = None
-
-    def watch(self, progress: Any) -> None:
-        self.progress = progress
-        self.task = add_progress_task(progress, self.summary)
-        self.summary.throughput.start()
-
-    def consume(self, rows: Iterator[dict[str, Any]]) -> None:
-        run = self.run
-        for row in rows:
-            clip_id = str(row[CLIP_ID])
-            if clip_id in self.committed:
-                continue  # never twice, whatever Ray retried
-            outcome = commit_row(self.store, run.run_id, row)
-            self.committed.add(clip_id)
-            if row[USAGE]:
-                add_usage(self.usage, json.loads(str(row[USAGE])))
-            self.count(outcome)
-            if time.monotonic() - self.last_export > run.options.export_every_s:
-                write_outputs(self.store, run.run_dir, run.run_id, track=run.options.run_track,
-                              row_errors=run.row_errors, with_metrics=False)  # fmt: skip
-                self.last_export = time.monotonic()
-
-    def missing(self, todo: list[tuple[int, Clip]]) -> list[tuple[int, Clip]]:
-        return [(seq, clip) for seq, clip in todo if clip.id not in self.committed]
-
-    def count(self, outcome: ClipFailure | None) -> None:
-        if self.progress is None:
-            self.summary.count(outcome)
-        else:
-            advance(self.progress, self.task, self.summary, outcome)
+                yield from fresh(_result_rows(ray, dataset))
+            for seq, clip in todo:
+                if clip.id not in committed:
+                    yield lost_result(seq, clip)
 
 
 def stage_context(
     settings: Settings, run_id: str, options: BatchOptions, ray_options: RayOptions
 ) -> StageContext:
     """What the workers rebuild the runtime from; the first ``--llm-url`` is the default URL."""
-    from meragent.graphs.runtime import runtime_for
+    from meragent.graphs.runtime import load_run_deps
 
     if ray_options.llm_urls:
         settings = settings.model_copy(update={"llm_base_url": ray_options.llm_urls[0]})
@@ -475,7 +393,7 @@ def stage_context(
         settings=settings,
         track=options.run_track,
         run_id=run_id,
-        factory=ray_options.runtime_factory or runtime_for,
+        factory=ray_options.runtime_factory or load_run_deps,
         token=uuid.uuid4().hex,
         concurrency=options.concurrency,
         llm_urls=ray_options.llm_urls,

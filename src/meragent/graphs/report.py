@@ -1,14 +1,15 @@
 """Render a run's trace: a self-contained HTML page (clip list + step timeline per clip).
 
-Everything that came from users or models (clip names, subtitles, prompts, outputs, errors) goes
-through ``html.escape``; the page has inline CSS, no scripts and no external resources.
+The page is a Jinja2 template with autoescape on, so everything that came from users or models
+(clip names, subtitles, prompts, outputs, errors) is escaped by the template engine, not by hand.
+It has inline CSS, no scripts and no external resources.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,43 @@ background:#f6f6f6;padding:.5rem;max-height:24rem;overflow:auto;font-size:.85rem
 .muted{color:#777}
 """
 
+_PAGE = """<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>
+<title>meragent trace: {{ run.run_id }}</title><style>{{ css }}</style></head><body>
+<h1>Run {{ run.run_id }}</h1>
+<p>status {{ run.status }} · track {{ run.track }} · profile {{ run.profile }} ·
+{{ run.n_ok }} ok, {{ run.n_degraded }} degraded, {{ run.n_failed }} failed ·
+created {{ run.created_at }}</p>
+{% if usage %}<pre>{{ usage }}</pre>{% endif %}
+<table><tr><th>clip</th><th>status</th><th>six-class</th><th>labels</th><th>time</th></tr>
+{% for clip in clips %}<tr><td><a href='#{{ clip.anchor }}'>{{ clip.record.clip_id }}</a></td>
+<td class='{{ clip.record.status }}'>{{ clip.record.status }}</td>
+<td>{{ clip.record.discrete or '' }}</td><td>{{ clip.labels }}</td>
+<td>{{ clip.time }}</td></tr>
+{% endfor %}</table>
+{% for clip in clips %}{% set r = clip.record %}
+<h2 id='{{ clip.anchor }}'>{{ r.clip_id }} <span class='{{ r.status }}'>[{{ r.status }}]</span></h2>
+<p>six-class: <b>{{ r.discrete or '—' }}</b> · labels: <b>{{ clip.labels or '—' }}</b></p>
+{% if r.description %}<p>{{ r.description }}</p>{% endif %}
+{% if r.error %}<p class='err'>{{ r.stage }}: {{ r.error }}</p>{% endif %}
+{% if not clip.steps %}<p class='muted'>no steps recorded</p>{% else %}
+<table><tr><th>node</th><th>latency</th><th>timeline</th></tr>
+{% for s in clip.steps %}<tr>
+<td><b>{{ s.node }}</b><br><span class='muted'>{{ s.model_id or '' }}</span></td>
+<td>{{ s.latency }}<br><span class='muted'>+{{ s.offset }}{{ s.retries }}</span></td>
+<td><span style='margin-left:{{ s.left }}px;width:{{ s.width }}px' class='bar'></span>
+{% if s.error %}<div class="err">error: {{ s.error }}</div>{% endif %}
+{% for title, body in s.sections %}<details><summary>{{ title }}</summary><pre>{{ body }}</pre>
+</details>{% endfor %}</td></tr>
+{% endfor %}</table>{% endif %}
+{% endfor %}</body></html>
+"""
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+
+@cache
+def _template() -> Any:
+    from jinja2 import Environment
+
+    return Environment(autoescape=True).from_string(_PAGE)
 
 
 def _pretty(value: Any) -> str:
@@ -52,54 +87,45 @@ def _prompt_text(prompt: Any) -> str:
     return _pretty(prompt)
 
 
-def _step_html(step: StoredStep, start: datetime, scale: float) -> str:
+def _step_view(step: StoredStep, start: datetime, scale: float) -> dict[str, Any]:
     offset = max(0.0, (step.started_at - start).total_seconds())
-    left = offset * scale
-    width = max(2.0, step.latency_s * scale)
-    sections = []
-    for title, body in (
-        ("inputs", _pretty(step.inputs)),
-        ("prompt", _prompt_text(step.prompt)),
-        ("raw output", step.raw_output or ""),
-        ("parsed output", _pretty(step.parsed_output)),
-    ):
-        if body:
-            sections.append(
-                f"<details><summary>{_e(title)}</summary><pre>{_e(body)}</pre></details>"
-            )
-    error = f'<div class="err">error: {_e(step.error)}</div>' if step.error else ""
-    return (
-        "<tr>"
-        f"<td><b>{_e(step.node)}</b><br><span class='muted'>{_e(step.model_id)}</span></td>"
-        f"<td>{step.latency_s * 1000:.1f} ms<br><span class='muted'>+{offset:.3f} s"
-        f"{f', retries {step.retries}' if step.retries else ''}</span></td>"
-        f"<td><span style='margin-left:{left:.1f}px;width:{width:.1f}px' class='bar'></span>"
-        f"{error}{''.join(sections)}</td>"
-        "</tr>"
-    )
+    sections = [
+        (title, body)
+        for title, body in (
+            ("inputs", _pretty(step.inputs)),
+            ("prompt", _prompt_text(step.prompt)),
+            ("raw output", step.raw_output or ""),
+            ("parsed output", _pretty(step.parsed_output)),
+        )
+        if body
+    ]
+    return {
+        "node": step.node,
+        "model_id": step.model_id,
+        "latency": f"{step.latency_s * 1000:.1f} ms",
+        "offset": f"{offset:.3f} s",
+        "retries": f", retries {step.retries}" if step.retries else "",
+        "left": f"{offset * scale:.1f}",
+        "width": f"{max(2.0, step.latency_s * scale):.1f}",
+        "error": step.error,
+        "sections": sections,
+    }
 
 
-def _clip_html(record: ClipRecord, steps: list[StoredStep]) -> str:
-    header = (
-        f"<h2 id='{_anchor(record.clip_id)}'>{_e(record.clip_id)} "
-        f"<span class='{_e(record.status)}'>[{_e(record.status)}]</span></h2>"
-    )
-    facts = (
-        f"<p>six-class: <b>{_e(record.discrete or '—')}</b> · labels: "
-        f"<b>{_e(', '.join(record.openset or []) or '—')}</b></p>"
-    )
-    if record.description:
-        facts += f"<p>{_e(record.description)}</p>"
-    if record.error:
-        facts += f"<p class='err'>{_e(record.stage)}: {_e(record.error)}</p>"
-    if not steps:
-        return header + facts + "<p class='muted'>no steps recorded</p>"
-    start = min(s.started_at for s in steps)
-    span = max((s.started_at - start).total_seconds() + s.latency_s for s in steps) or 1.0
-    scale = 300.0 / span  # the timeline is 300 px wide whatever the clip took
-    rows = "".join(_step_html(step, start, scale) for step in steps)
-    table = f"<table><tr><th>node</th><th>latency</th><th>timeline</th></tr>{rows}</table>"
-    return header + facts + table
+def _clip_view(record: ClipRecord, steps: list[StoredStep]) -> dict[str, Any]:
+    views: list[dict[str, Any]] = []
+    if steps:
+        start = min(s.started_at for s in steps)
+        span = max((s.started_at - start).total_seconds() + s.latency_s for s in steps) or 1.0
+        scale = 300.0 / span  # the timeline is 300 px wide whatever the clip took
+        views = [_step_view(step, start, scale) for step in steps]
+    return {
+        "record": record,
+        "anchor": _anchor(record.clip_id),
+        "labels": ", ".join(record.openset or []),
+        "time": "" if record.latency_s is None else f"{record.latency_s:.2f} s",
+        "steps": views,
+    }
 
 
 def render_run_html(store: TraceStore, run_id: str) -> str:
@@ -107,28 +133,9 @@ def render_run_html(store: TraceStore, run_id: str) -> str:
     run = store.get_run(run_id)
     if run is None:
         raise DataError(f"no run {run_id!r} in {store.path}")
-    records = store.results(run_id)
-    listing = "".join(
-        f"<tr><td><a href='#{_anchor(r.clip_id)}'>{_e(r.clip_id)}</a></td>"
-        f"<td class='{_e(r.status)}'>{_e(r.status)}</td><td>{_e(r.discrete or '')}</td>"
-        f"<td>{_e(', '.join(r.openset or []))}</td>"
-        f"<td>{'' if r.latency_s is None else f'{r.latency_s:.2f} s'}</td></tr>"
-        for r in records
-    )
-    clips = "".join(_clip_html(r, store.steps(run_id, r.clip_id)) for r in records)
-    summary = (
-        f"<p>status {_e(run.status)} · track {_e(run.track)} · profile {_e(run.profile)} · "
-        f"{run.n_ok} ok, {run.n_degraded} degraded, {run.n_failed} failed · "
-        f"created {_e(run.created_at)}</p>"
-    )
-    usage = f"<pre>{_e(_pretty(run.usage))}</pre>" if run.usage else ""
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>meragent trace: {_e(run_id)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Run {_e(run_id)}</h1>{summary}{usage}"
-        "<table><tr><th>clip</th><th>status</th><th>six-class</th><th>labels</th>"
-        f"<th>time</th></tr>{listing}</table>{clips}</body></html>"
-    )
+    clips = [_clip_view(r, store.steps(run_id, r.clip_id)) for r in store.results(run_id)]
+    usage = _pretty(run.usage) if run.usage else ""
+    return str(_template().render(run=run, css=_CSS, usage=usage, clips=clips))
 
 
 def export_run_html(run_dir: Path, out: Path) -> Path:

@@ -1,13 +1,14 @@
-"""One run's lifecycle, shared by both executors (``graphs.batch``, ``graphs.ray_executor``).
+"""One run's lifecycle: :class:`RunSession`, shared by every :class:`Executor`.
 
 The run folder ``settings.runs_dir/NAME`` holds ``trace.sqlite`` (the trace store, which is also
-the commit log), a ``.lock`` file held with ``flock`` while a batch runs, and the outputs written
-by ``graphs.outputs``. This module owns what every executor does the same way: validate the
-options, take the lock, resolve what ``--resume`` continues (the stored track and source; a
-different source is refused unless allowed), record each clip's outcome (``ok``, ``degraded`` or
-``failed``), count it into one :class:`BatchSummary` whose clips/s is the progress bar's, and
-close the run: outputs first, then the ``finished`` mark, so a run is never ``finished`` without
-its outputs.
+the commit log), a lock held while a batch runs (``graphs.run_folder``), and the outputs written
+by ``graphs.outputs``. A session does what every executor needs done the same way: validate the
+options (:class:`BatchOptions`, once), take the lock, resolve what ``--resume`` continues (the
+stored track and source; a different source is refused unless allowed), commit each
+:class:`ClipResult` (its trace steps and its ``clip_result`` row in one transaction), count it
+into one :class:`BatchSummary` whose clips/s is the progress bar's, export what is new now and
+then, and close the run: the full outputs first, then the ``finished`` mark, so a run is never
+``finished`` without its outputs. An executor only turns clips into ``ClipResult``s.
 
 A clip whose media cannot be decoded but has a subtitle is answered from the words (the MER
 protocol wants a prediction for every clip) and recorded as ``degraded``: it is in the
@@ -18,55 +19,225 @@ submission files, in ``errors.csv`` with severity ``degraded``, counted in the s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meragent.config import Settings
-from meragent.errors import ConfigError, DataError
-from meragent.graphs.outputs import OutputPaths, write_outputs
+from meragent.errors import ConfigError, DataError, one_line
+from meragent.graphs.outputs import LiveExport, OutputPaths, write_outputs
+from meragent.graphs.progress import Throughput, progress_bar
 from meragent.graphs.run_folder import clear_run, run_dir_for, run_lock
-from meragent.graphs.state import TRACKS
-from meragent.graphs.trace import RunRecord, TraceStore, read_trace, trace_path
-from meragent.schema import Clip, ClipFailure
+from meragent.graphs.trace import RunRecord, TraceStore, open_trace, read_trace, trace_path
+from meragent.schema import Clip, ClipFailure, TraceStep
 
-DEFAULT_TRACK = "all"
+Track = Literal["ov", "semi", "noise", "all"]
+DEFAULT_TRACK: Track = "all"
+Status = Literal["ok", "degraded", "failed"]
 
-# --------------------------------------------------------------------------- options & resume
+__all__ = [
+    "DEFAULT_TRACK",
+    "BatchOptions",
+    "BatchSummary",
+    "ClipResult",
+    "Executor",
+    "RunSession",
+    "Throughput",
+    "Track",
+    "failure_stage",
+    "load_clips",
+    "progress_bar",
+]
+
+# --------------------------------------------------------------------------- options
 
 
-@dataclass
-class BatchOptions:
-    """How to run a batch.
+class BatchOptions(BaseModel):
+    """How to run a batch; checked once, on construction (a bad value is a ``ConfigError``).
 
     ``track=None``: the track the run was started with (``all`` for a new run).
     ``allow_new_source``: let ``--resume`` continue a run on another source than the stored one.
+    ``encoder_batch``: clips per encoder call in the in-process executor (None: by device).
     """
 
-    track: str | None = None
-    concurrency: int = 1
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    track: Track | None = None
+    concurrency: int = Field(default=1, ge=1)
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
     checkpoint: bool = True
-    export_every_s: float = 15.0
-    limit: int | None = None
+    export_every_s: float = Field(default=15.0, gt=0)
+    limit: int | None = Field(default=None, ge=1)
     allow_new_source: bool = False
+    encoder_batch: int | None = Field(default=None, ge=1)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_option_error(exc)) from None
 
     @property
-    def run_track(self) -> str:
-        """The resolved track (only valid after :func:`resolve_run`)."""
+    def run_track(self) -> Track:
+        """The resolved track (only meaningful after the session resolved the run)."""
         return self.track or DEFAULT_TRACK
 
 
-def check_options(options: BatchOptions) -> None:
-    """Usage errors that need no run folder."""
-    if options.track is not None and options.track not in TRACKS:
-        raise ConfigError(f"unknown track {options.track!r} (choose from {', '.join(TRACKS)})")
-    if options.concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
+def _option_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+    if name == "--track":
+        return f"unknown track {error.get('input')!r} (choose from ov, semi, noise, all)"
+    return f"{name}: {error['msg']} (got {error.get('input')!r})"
+
+
+# --------------------------------------------------------------------------- one clip's result
+
+
+def failure_stage(exc: BaseException) -> str:
+    """A coarse stage name for errors.csv."""
+    from meragent.errors import LLMError, MediaError
+
+    if isinstance(exc, MediaError):
+        return "media"
+    if isinstance(exc, LLMError):
+        return "llm"
+    if isinstance(exc, DataError):
+        return "data"
+    return "pipeline"
+
+
+def degraded_reason(output: Mapping[str, Any]) -> str | None:
+    """Why an answered clip is only a partial success (its media could not be decoded), or None."""
+    media = output.get("media") or {}
+    error = media.get("error") if isinstance(media, Mapping) else None
+    if not error:
+        return None
+    first = str(error).strip().splitlines()[0] if str(error).strip() else "decode failed"
+    return f"media not decoded, answered from the subtitle: {first}"
+
+
+def _field(prediction: Any, name: str) -> Any:
+    if isinstance(prediction, Mapping):
+        return prediction.get(name)
+    return getattr(prediction, name, None)
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What an executor produces for one clip: the one thing a :class:`RunSession` commits.
+
+    ``steps``: the clip's trace rows (node executions) to store with it; ``usage``: per-role
+    token counters the clip spent, added to the run's tally.
+    """
+
+    seq: int
+    clip_id: str
+    status: Status
+    latency_s: float
+    result: dict[str, Any]
+    discrete: str | None = None
+    openset: list[str] = field(default_factory=list)
+    description: str | None = None
+    stage: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    steps: tuple[tuple[TraceStep, Any], ...] = ()
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def answered(
+        cls, seq: int, clip_id: str, output: dict[str, Any], latency_s: float, **extra: Any
+    ) -> ClipResult:
+        """A clip the graph answered: ``ok``, or ``degraded`` when its media were not decoded."""
+        prediction = output.get("prediction")
+        reason = degraded_reason(output)
+        return cls(
+            seq=seq,
+            clip_id=clip_id,
+            status="ok" if reason is None else "degraded",
+            latency_s=latency_s,
+            result=output,
+            discrete=_field(prediction, "discrete"),
+            openset=list(_field(prediction, "openset") or []),
+            description=_field(prediction, "description"),
+            stage=None if reason is None else "media",
+            error=reason,
+            reason=reason,
+            **extra,
+        )
+
+    @classmethod
+    def failed(
+        cls, seq: int, clip: Any, exc: BaseException, latency_s: float, **extra: Any
+    ) -> ClipResult:
+        """A clip that raised: a coarse stage and a one-line reason."""
+        reason = one_line(exc)
+        clip_id = clip.id if isinstance(clip, Clip) else str(clip["id"])
+        return cls.failure(seq, clip_id, clip, failure_stage(exc), reason, type(exc).__name__,
+                           latency_s, **extra)  # fmt: skip
+
+    @classmethod
+    def failure(
+        cls,
+        seq: int,
+        clip_id: str,
+        clip: Any,
+        stage: str,
+        reason: str,
+        kind: str,
+        latency_s: float,
+        **extra: Any,
+    ) -> ClipResult:
+        """A failed clip from its parts (``kind``: the exception's type name)."""
+        return cls(
+            seq=seq,
+            clip_id=clip_id,
+            status="failed",
+            latency_s=latency_s,
+            result={"clip": clip},
+            stage=stage,
+            error=f"{kind}: {reason}",
+            reason=reason,
+            **extra,
+        )
+
+    @property
+    def outcome(self) -> ClipFailure | None:
+        """None for ``ok``; else what the summary lists (severity ``degraded`` or ``failed``)."""
+        if self.status == "ok":
+            return None
+        severity = "degraded" if self.status == "degraded" else "failed"
+        return ClipFailure(
+            clip_id=self.clip_id,
+            stage=self.stage or "pipeline",
+            reason=self.reason or self.error or "",
+            severity=severity,
+        )
+
+
+class Executor(Protocol):
+    """Turns clips into :class:`ClipResult`s; everything else is the :class:`RunSession`'s."""
+
+    def results(self, session: RunSession, todo: list[tuple[int, Clip]]) -> Iterator[ClipResult]:
+        """One result per clip of ``todo`` (any order), as each is ready."""
+        ...
+
+    def usage(self) -> dict[str, Any]:
+        """The run's per-role token tally (after ``results`` is exhausted)."""
+        ...
+
+    def grouper(self, session: RunSession) -> Any:
+        """The open-set grouper metrics.json scores with (None: identity)."""
+        ...
+
+
+# --------------------------------------------------------------------------- resume rules
 
 
 def stored_run(run_dir: Path, run_id: str) -> RunRecord | None:
@@ -96,10 +267,11 @@ def resolve_run(
             "same track (or none) or choose another --run name"
         )
     track = options.track or (existing.track if existing is not None else None) or DEFAULT_TRACK
+    resolved = options.model_copy(update={"track": track})
     if source is None:
         if existing is None or not existing.source:
             raise ConfigError(f"run {run_id!r} has no stored source: give the SOURCE to run")
-        return replace(options, track=track), existing.source
+        return resolved, existing.source
     chosen = str(Path(source).expanduser().resolve())
     if (
         options.resume
@@ -115,7 +287,7 @@ def resolve_run(
             "none), choose another --run name, or pass --allow-new-source if it holds the same "
             "clips"
         )
-    return replace(options, track=track), chosen
+    return resolved, chosen
 
 
 def load_clips(
@@ -132,177 +304,7 @@ def load_clips(
     return (clips if limit is None else clips[:limit]), errors
 
 
-@dataclass
-class RunInputs:
-    """What a locked run works on: resolved options and source, the clips, the bad rows."""
-
-    run_id: str
-    run_dir: Path
-    options: BatchOptions
-    source: str
-    clips: list[Clip]
-    row_errors: list[tuple[str, str, str]]
-
-
-@contextmanager
-def locked_run(
-    settings: Settings, source: Path | str | None, run_name: str, options: BatchOptions
-) -> Iterator[RunInputs]:
-    """Validate, take the run's lock, resolve resume, load the clips (every executor's start)."""
-    check_options(options)
-    run_dir = run_dir_for(settings, run_name)
-    with run_lock(run_dir, run_name):
-        if options.overwrite:
-            clear_run(run_dir)
-        resolved, chosen = resolve_run(stored_run(run_dir, run_name), run_name, options, source)
-        clips, row_errors = load_clips(chosen, settings, limit=resolved.limit)
-        yield RunInputs(run_name, run_dir, resolved, chosen, clips, row_errors)
-
-
-def prepare_store(
-    store: TraceStore, run_id: str, options: BatchOptions, settings: Settings, source: str, n: int
-) -> set[str]:
-    """Check the resume rule, register the run, return the clips already answered."""
-    existing = store.get_run(run_id)
-    if existing is not None and existing.n_results and not options.resume:
-        raise ConfigError(
-            f"run {run_id!r} already has {existing.n_results} clip results in "
-            f"{store.path.parent}; pass --resume to continue it or choose another --run name"
-        )
-    store.start_run(
-        run_id,
-        track=options.run_track,
-        profile=settings.profile,
-        source=source,
-        config=settings.masked_dump(),
-        n_clips=n,
-    )
-    return store.finished_clips(run_id) if options.resume else set()
-
-
-# --------------------------------------------------------------------------- one clip's outcome
-
-
-def failure_stage(exc: BaseException) -> str:
-    """A coarse stage name for errors.csv."""
-    from meragent.errors import LLMError, MediaError
-
-    if isinstance(exc, MediaError):
-        return "media"
-    if isinstance(exc, LLMError):
-        return "llm"
-    if isinstance(exc, DataError):
-        return "data"
-    return "pipeline"
-
-
-def degraded_reason(output: Mapping[str, Any]) -> str | None:
-    """Why an answered clip is only a partial success (its media could not be decoded), or None."""
-    media = output.get("media") or {}
-    error = media.get("error") if isinstance(media, Mapping) else None
-    if not error:
-        return None
-    first = str(error).strip().splitlines()[0] if str(error).strip() else "decode failed"
-    return f"media not decoded, answered from the subtitle: {first}"
-
-
-def record_answer(
-    store: TraceStore,
-    run_id: str,
-    seq: int,
-    clip_id: str,
-    output: dict[str, Any],
-    prediction: Mapping[str, Any],
-    latency: float,
-) -> ClipFailure | None:
-    """Commit an answered clip as ``ok`` or ``degraded`` (the row resume trusts).
-
-    Returns the degraded outcome (severity ``degraded``, stage ``media``) or None for ``ok``.
-    """
-    reason = degraded_reason(output)
-    store.record_result(
-        run_id,
-        clip_id,
-        seq=seq,
-        status="ok" if reason is None else "degraded",
-        discrete=prediction.get("discrete"),
-        openset=list(prediction.get("openset") or []),
-        description=prediction.get("description"),
-        stage=None if reason is None else "media",
-        error=reason,
-        latency_s=latency,
-        result=output,  # every output field, JSON-encoded by the store
-    )
-    if reason is None:
-        return None
-    return ClipFailure(clip_id=clip_id, stage="media", reason=reason, severity="degraded")
-
-
-def record_success(
-    store: TraceStore, run_id: str, seq: int, clip: Clip, output: dict[str, Any], latency: float
-) -> ClipFailure | None:
-    """Commit a clip the graph answered (in-process): ``ok``, or ``degraded`` with its reason."""
-    prediction = output.get("prediction")
-    fields = {
-        "discrete": getattr(prediction, "discrete", None),
-        "openset": getattr(prediction, "openset", None),
-        "description": getattr(prediction, "description", None),
-    }
-    return record_answer(store, run_id, seq, clip.id, output, fields, latency)
-
-
-def record_failure(
-    store: TraceStore, run_id: str, seq: int, clip: Clip, exc: BaseException, latency: float
-) -> ClipFailure:
-    """Record a clip that raised, with a coarse stage and a one-line reason."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    failure = ClipFailure(clip_id=clip.id, stage=failure_stage(exc), reason=reason)
-    store.record_result(
-        run_id,
-        clip.id,
-        seq=seq,
-        status="failed",
-        stage=failure.stage,
-        error=f"{type(exc).__name__}: {reason}",
-        latency_s=latency,
-        result={"clip": clip},
-    )
-    return failure
-
-
-# --------------------------------------------------------------------------- counting & closing
-
-
-@dataclass
-class Throughput:
-    """Clips per second of clip processing: the one figure the progress bar and summary show.
-
-    The clock starts when the first clip is handed to the executor and stops when the last one
-    is counted; the numerator is every clip counted in between (ok, degraded or failed).
-    """
-
-    done: int = 0
-    started: float | None = None
-    stopped: float | None = None
-
-    def start(self) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-
-    def stop(self) -> None:
-        if self.started is not None and self.stopped is None:
-            self.stopped = time.perf_counter()
-
-    @property
-    def seconds(self) -> float:
-        if self.started is None:
-            return 0.0
-        return (self.stopped or time.perf_counter()) - self.started
-
-    @property
-    def rate(self) -> float:
-        seconds = self.seconds
-        return self.done / seconds if seconds > 0 else 0.0
+# --------------------------------------------------------------------------- counting
 
 
 @dataclass
@@ -314,10 +316,10 @@ class BatchSummary:
     track: str
     n_clips: int
     n_skipped: int
-    n_ok: int
-    n_failed: int
-    n_row_errors: int
-    elapsed_s: float
+    n_ok: int = 0
+    n_failed: int = 0
+    n_row_errors: int = 0
+    elapsed_s: float = 0.0
     n_degraded: int = 0
     outputs: OutputPaths | None = None
     usage: dict[str, Any] = field(default_factory=dict)
@@ -360,102 +362,159 @@ class BatchSummary:
         degraded = stored.n_degraded if stored is not None else self.n_degraded
         return 1 if failed or degraded or self.n_row_errors else 0
 
-    @classmethod
-    def starting(
-        cls, run_id: str, run_dir: Path, track: str, n_clips: int, n_todo: int, n_row_errors: int
-    ) -> BatchSummary:
-        """The summary of a run before any clip was processed (shared by every executor)."""
-        return cls(
-            run_name=run_id,
-            run_dir=run_dir,
-            track=track,
-            n_clips=n_clips,
-            n_skipped=n_clips - n_todo,
-            n_ok=0,
-            n_failed=0,
-            n_row_errors=n_row_errors,
-            elapsed_s=0.0,
+
+# --------------------------------------------------------------------------- the session
+
+
+class RunSession:
+    """One invocation of a run, from its lock to its close (use it as a context manager).
+
+    On enter: validate, lock, clear (``overwrite``), resolve resume, load the clips, open the
+    store, apply the resume rule and register the run. :meth:`run` drives an :class:`Executor`
+    through :meth:`commit`; on exit the session writes the outputs, marks the run and unlocks.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Path | str | None,
+        run_name: str,
+        options: BatchOptions | None = None,
+        *,
+        secrets: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_id = run_name
+        self.run_dir = run_dir_for(settings, run_name)
+        self.options = options or BatchOptions()
+        self._source = source
+        self._secrets = list(secrets or [])
+        self._started = time.perf_counter()
+        self._lock: Any = None
+        self._usage: dict[str, dict[str, float]] = {}
+        self.executor: Executor | None = None
+        self.status = "interrupted"
+
+    # ------------------------------------------------------------------ enter / exit
+
+    def __enter__(self) -> RunSession:
+        self._lock = run_lock(self.run_dir, self.run_id)
+        self._lock.__enter__()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def _open(self) -> None:
+        options = self.options
+        if options.overwrite:
+            clear_run(self.run_dir)
+        existing = stored_run(self.run_dir, self.run_id)
+        self.options, self.source = resolve_run(existing, self.run_id, options, self._source)
+        self.clips, self.row_errors = load_clips(self.source, self.settings, limit=options.limit)
+        self.store: TraceStore = open_trace(self.run_dir, secrets=self._secrets)
+        try:
+            done = self._register()
+        except BaseException:
+            self.store.close()
+            raise
+        self.todo = [(seq, clip) for seq, clip in enumerate(self.clips) if clip.id not in done]
+        self.summary = BatchSummary(
+            run_name=self.run_id,
+            run_dir=self.run_dir,
+            track=self.track,
+            n_clips=len(self.clips),
+            n_skipped=len(self.clips) - len(self.todo),
+            n_row_errors=len(self.row_errors),
+        )
+        self.export = LiveExport(
+            self.store, self.run_dir, self.run_id, self.track, fresh=not self.options.resume
         )
 
+    def _register(self) -> set[str]:
+        """Check the resume rule, register the run, return the clips already answered."""
+        existing = self.store.get_run(self.run_id)
+        if existing is not None and existing.n_results and not self.options.resume:
+            raise ConfigError(
+                f"run {self.run_id!r} already has {existing.n_results} clip results in "
+                f"{self.run_dir}; pass --resume to continue it or choose another --run name"
+            )
+        self.store.start_run(
+            self.run_id,
+            track=self.track,
+            profile=self.settings.profile,
+            source=self.source,
+            config=self.settings.masked_dump(),
+            n_clips=len(self.clips),
+        )
+        return self.store.finished_clips(self.run_id) if self.options.resume else set()
 
-def close_run(
-    store: TraceStore,
-    summary: BatchSummary,
-    status: str,
-    usage: dict[str, Any],
-    track: str,
-    row_errors: list[tuple[str, str, str]],
-    started: float,
-    *,
-    grouper: Any = None,
-) -> None:
-    """Write the run's outputs, then record how it ended (every executor ends this way).
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        try:
+            self._close("finished" if kind is None else "interrupted")
+        finally:
+            self.store.close()
+            self._lock.__exit__(None, None, None)
 
-    Outputs first: a run is marked ``finished`` only once its files are there; if writing them
-    fails, the run is marked ``interrupted`` and ``--resume`` writes them again.
-    """
-    summary.throughput.stop()
-    summary.usage = usage
-    try:
-        summary.outputs = write_outputs(
-            store, summary.run_dir, summary.run_name, track=track, row_errors=row_errors,
-            grouper=grouper,
-        )  # fmt: skip
-    except BaseException:
-        store.finish_run(summary.run_name, status="interrupted", usage=usage)
-        raise
-    summary.metrics = summary.outputs.scores
-    store.finish_run(summary.run_name, status=status, usage=usage)
-    summary.run_record = store.get_run(summary.run_name)
-    summary.elapsed_s = time.perf_counter() - started
+    @property
+    def track(self) -> Track:
+        return self.options.run_track
 
+    # ------------------------------------------------------------------ running
 
-def progress_bar(enabled: bool, total: int, rate: Callable[[], float] | None = None) -> Any:
-    """A rich progress bar with clips/s, ETA and failure counts (a no-op when disabled).
+    def run(self, executor: Executor) -> BatchSummary:
+        """Commit each result ``executor`` yields for the clips left to do (with a progress bar)."""
+        self.executor = executor
+        if not self.todo:
+            return self.summary
+        summary = self.summary
+        with progress_bar(self.options.progress, lambda: summary.clips_per_s) as progress:
+            self._task = progress.add_task(self.run_id, total=len(self.todo), failed=0, degraded=0)
+            self._progress = progress
+            summary.throughput.start()
+            for result in executor.results(self, self.todo):
+                self.commit(result)
+        return summary
 
-    ``rate``: the clips/s to show (pass ``summary.throughput``'s, so the bar and the summary
-    print the same figure); default: completed clips over the bar's own elapsed time.
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    def commit(self, result: ClipResult) -> None:
+        """Store one clip (steps + result in one transaction), count it, export what is new."""
+        self.store.commit_clip(self.run_id, result)
+        for role, counters in result.usage.items():
+            entry = self._usage.setdefault(role, {})
+            for key, value in counters.items():
+                entry[key] = entry.get(key, 0) + value
+        summary = self.summary
+        summary.count(result.outcome)
+        progress = getattr(self, "_progress", None)
+        if progress is not None:
+            progress.update(
+                self._task, advance=1, failed=summary.n_failed, degraded=summary.n_degraded
+            )
+        self.export.flush_if_due(self.options.export_every_s, self.row_errors)
 
-    class RateColumn(ProgressColumn):
-        """Clips per second since the first clip (rich's own speed needs many updates)."""
-
-        def render(self, task: Any) -> Text:
-            if rate is not None:
-                return Text(f"{rate():.2f} clips/s")
-            elapsed = task.elapsed or 0.0
-            return Text(f"{task.completed / elapsed if elapsed > 0 else 0.0:.2f} clips/s")
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TextColumn("failed: {task.fields[failed]} degraded: {task.fields[degraded]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-def add_progress_task(progress: Any, summary: BatchSummary) -> Any:
-    """The run's task on a :func:`progress_bar` (its fields are what :func:`advance` updates)."""
-    todo = summary.n_clips - summary.n_skipped
-    return progress.add_task(summary.run_name, total=todo, failed=0, degraded=0)
-
-
-def advance(progress: Any, task: Any, summary: BatchSummary, outcome: ClipFailure | None) -> None:
-    """Count one clip into the summary and move the bar by it (same numbers in both)."""
-    summary.count(outcome)
-    progress.update(task, advance=1, failed=summary.n_failed, degraded=summary.n_degraded)
+    def _close(self, status: str) -> None:
+        """The full outputs, then how the run ended (``interrupted`` if writing them fails)."""
+        summary = self.summary
+        summary.throughput.stop()
+        executor = self.executor
+        usage = self._usage
+        grouper = None
+        if executor is not None:
+            usage = executor.usage() or usage
+            grouper = executor.grouper(self)
+        summary.usage = usage
+        try:
+            summary.outputs = write_outputs(
+                self.store, self.run_dir, self.run_id, track=self.track,
+                row_errors=self.row_errors, grouper=grouper,
+            )  # fmt: skip
+        except BaseException:
+            self.store.finish_run(self.run_id, status="interrupted", usage=usage)
+            raise
+        self.export.discard_parts()
+        summary.metrics = summary.outputs.scores
+        self.store.finish_run(self.run_id, status=status, usage=usage)
+        summary.run_record = self.store.get_run(self.run_id)
+        summary.elapsed_s = time.perf_counter() - self._started
