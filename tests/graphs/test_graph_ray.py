@@ -2,7 +2,9 @@
 
 Twenty synthetic talking-face clips run through real decoding, Haar face crops and tiny random
 HuBERT / CLIP / BERT encoders (built from configs, saved, loaded by the project's loaders) with
-random six-class heads, and scripted fake LLMs. The in-process batch is the reference.
+random six-class heads, and scripted fake LLMs. The in-process batch (encoders at batch 1) is the
+reference; the Ray encoder stage runs the tools' ``encode_batch`` at batch 8. Both in fp32, so
+the vectors agree within 1e-5.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from graph_helpers import write_manifest
+from meragent_fakes import DOUBLES_DIR, write_fake_profile
 from typer.testing import CliRunner
 
 from meragent.config import Settings, load_settings
 from meragent.errors import ConfigError, DataError, MediaError, ModelLoadError
 from meragent.graphs.batch import BatchOptions, BatchSummary, run_batch
-from meragent.graphs.runtime import FAKE_RUNTIME_ENV, Runtime
+from meragent.graphs.runtime import RunDeps
 from meragent.graphs.trace import read_trace
 
 N_CLIPS = 20
@@ -39,12 +42,14 @@ TIMING_COLUMNS = ("latency_s", "finished_at")
 # by value into the Ray workers: this module is not importable there)
 
 
-def tiny_runtime(settings: Settings, *, track: str) -> Runtime:
+def tiny_runtime(settings: Settings, *, track: str) -> RunDeps:
     """The profile's real (tiny) tools with the scripted fake LLMs."""
-    from meragent.graphs.runtime import build_runtime, fake_runtime
+    from meragent_fakes import fake_run_deps  # importable in workers: DOUBLES_DIR on PYTHONPATH
 
-    runtime = build_runtime(settings, track=track)
-    fakes = fake_runtime(settings=settings)
+    from meragent.graphs.runtime import load_run_deps
+
+    runtime = load_run_deps(settings, track=track)
+    fakes = fake_run_deps(settings=settings)
     runtime.chat_models = fakes.chat_models
     runtime.tally = fakes.tally
     return runtime
@@ -67,7 +72,7 @@ class CrashOnSecondBatch:
         return list(self.inner.encode_many(audios, **kwargs))
 
 
-def crashing_runtime(settings: Settings, *, track: str, marker: Path) -> Runtime:
+def crashing_runtime(settings: Settings, *, track: str, marker: Path) -> RunDeps:
     from meragent.tools.lazy import Lazy
 
     runtime = tiny_runtime(settings, track=track)
@@ -206,10 +211,13 @@ def ray_local() -> Iterator[Any]:
         num_cpus=2,
         include_dashboard=False,
         logging_level="WARNING",
-        # Workers build the fake runtime when a test relies on runtime_for (the CLI test); the
-        # tests that pass their own runtime factory are not affected.
+        # The workers import the test doubles by name (the CLI tests' profile names them).
         runtime_env={
-            "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", FAKE_RUNTIME_ENV: "1"}
+            "env_vars": {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONPATH": str(DOUBLES_DIR),
+            }
         },
     )
     yield ray
@@ -227,7 +235,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     manifest = make_synthetic_dataset(root / "data", N_CLIPS, seed=0)
     models = _save_tiny_models(root / "models")
     settings = load_settings(
-        home=root / "home", profile=str(_write_profile(root / "tiny.toml", models)), num_frames=2
+        home=root / "home",
+        profile=str(_write_profile(root / "tiny.toml", models)),
+        num_frames=2,
+        precision="fp32",  # batch 8 vs batch 1 within 1e-5 is an fp32 promise
     )
     dims = {"hubert": 32, "clip": 16, "bert": 32}
     layers = {"hubert": 2, "clip": 4, "bert": 2}  # feature names carry a non-default depth
@@ -425,7 +436,8 @@ def test_batch_cli_runs_on_ray_with_the_same_answers_as_local(
     from meragent.cli import app
 
     monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(FAKE_RUNTIME_ENV, "1")
+    # The doubles, chosen explicitly by a profile (the Ray workers get the same Settings).
+    monkeypatch.setenv("MERAGENT_PROFILE", str(write_fake_profile(tmp_path / "fake.toml")))
     manifest = write_manifest(tmp_path / "data", 6, bad_rows=1)
     runner = CliRunner()
     on_ray = runner.invoke(
@@ -447,7 +459,8 @@ def test_batch_cli_executor_options_are_checked(
     from meragent.cli import app
 
     monkeypatch.setenv("MERAGENT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv(FAKE_RUNTIME_ENV, "1")
+    # The doubles, chosen explicitly by a profile (the Ray workers get the same Settings).
+    monkeypatch.setenv("MERAGENT_PROFILE", str(write_fake_profile(tmp_path / "fake.toml")))
     manifest = write_manifest(tmp_path / "data", 2)
     runner = CliRunner()
     cases = {
