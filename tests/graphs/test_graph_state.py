@@ -307,3 +307,21 @@ def test_a_lora_labeler_gets_the_prompt_it_was_tuned_on(tmp_path: Path, clip: Cl
     run(graph, clip)
     prompt = next(s for s in store.steps("r1", "c1") if s.node == "labeler").prompt
     assert [m["role"] for m in prompt] == ["system", "user"]
+
+
+def test_invoking_without_a_context_says_what_is_missing(clip: Clip) -> None:
+    with pytest.raises(TypeError, match=r"invoked with context=GraphContext\(...\), not NoneType"):
+        build_graph("ov").invoke({"run_id": "r1", "clip": clip})
+
+
+def test_one_compiled_graph_serves_contexts_with_different_models(tmp_path: Path) -> None:
+    # What Ray does with one LLM server per GPU: one graph, a context per server.
+    graph = build_graph("ov")
+    replies = {}
+    for name in ("first", "second"):
+        store = TraceStore(tmp_path / f"{name}.sqlite")
+        models = fakes(labeler=[f"['{name}']"])
+        context = graph_context(fixed_tools(), models, decoder=decoder(), trace=store)
+        replies[name] = run((graph, context), make_clip(name))["labels"]
+        assert step_nodes(store, name)[0] == "load_media"  # each context's own trace sink
+    assert replies == {"first": ["first"], "second": ["second"]}

@@ -79,6 +79,9 @@ def traced(name: str, node: Node) -> Any:
     """
 
     def run(state: ClipState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+        if not isinstance(runtime.context, GraphContext):
+            got = type(runtime.context).__name__
+            raise TypeError(f"the clip graph is invoked with context=GraphContext(...), not {got}")
         record = StepRecord()
         token = _CURRENT_STEP.set(record)
         started_at = datetime.now(UTC)
