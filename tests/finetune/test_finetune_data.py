@@ -15,12 +15,12 @@ from meragent.finetune.lora_examples import (
     encode_example,
     fit_description,
 )
-from meragent.finetune.lora_run import limit_dataset
+from meragent.finetune.lora_fold import limit_dataset
 from meragent.finetune.ov_data import (
     OVSample,
     kfold_split,
     load_ov_samples,
-    parse_openset,
+    read_openset_cell,
     split_fold,
 )
 
@@ -61,12 +61,14 @@ def test_missing_labels_file_is_a_data_error(tmp_path: Path) -> None:
         load_ov_samples(tmp_path)
 
 
-def test_parse_openset_reads_lists_and_rejects_garbage() -> None:
-    assert parse_openset("['Happy', ' relaxed ', 'happy']") == ["happy", "relaxed"]
-    assert parse_openset("[]") == []
-    assert parse_openset("") == []
-    with pytest.raises(ValueError):
-        parse_openset("happy, sad")
+def test_openset_cells_read_lists_and_reject_garbage() -> None:
+    from meragent.eval.parsing import OpenSetParseError
+
+    assert read_openset_cell("['Happy', ' relaxed ', 'happy']") == ["happy", "relaxed"]
+    assert read_openset_cell("[]") == []
+    assert read_openset_cell("") == []
+    with pytest.raises(OpenSetParseError):
+        read_openset_cell("happy, sad")
 
 
 def test_unreadable_label_rows_are_skipped_not_fatal(toy_data: Path) -> None:

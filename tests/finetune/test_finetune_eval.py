@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meragent.finetune.lora_run import score_systems
+from meragent.finetune.lora_fold import score_systems
 from meragent.finetune.ov_data import OVSample
 from meragent.finetune.ov_eval import (
     SystemPrediction,

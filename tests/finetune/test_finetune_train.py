@@ -10,7 +10,7 @@ from finetune_fixtures import TOY_SAMPLES
 
 from meragent.errors import ConfigError
 from meragent.finetune.lora_examples import encode_examples
-from meragent.finetune.lora_run import save_adapter
+from meragent.finetune.lora_fold import save_adapter
 from meragent.finetune.lora_train import (
     LoraHyperParams,
     add_lora,

@@ -66,7 +66,7 @@ def test_clips_without_labels_anywhere_are_skipped_and_counted(clips: Path, tmp_
     import csv
     import shutil
 
-    from meragent.finetune.lora_run import LoraRunConfig
+    from meragent.finetune.lora_config import LoraRunConfig
     from meragent.finetune.lora_video import load_video_samples
 
     shutil.copytree(clips.parent / "video", tmp_path / "video")

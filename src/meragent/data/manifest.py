@@ -55,10 +55,12 @@ from meragent.data.manifest_rows import (
     field_text,
     find_video,
     parse_label,
-    parse_openset,
     parse_valence,
     reject_split,
     resolve_inside,
+)
+from meragent.data.manifest_rows import (
+    openset_cell as parse_openset,
 )
 from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.data.mer_layouts import (

@@ -8,10 +8,7 @@ data root) turn a bad value into a ``RowProblem`` that becomes a ``RowError``, n
 
 from __future__ import annotations
 
-import ast
-import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from meragent.data.csv_records import printable
 from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.errors import DataError
+from meragent.eval.parsing import OpenSetParseError, parse_openset
 from meragent.schema import Clip, normalize_emotion
 
 #: Whether a row needs media (CSV/JSONL: or a subtitle); described in ``meragent.data.manifest``.
@@ -41,8 +39,6 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "openset": ("openset", "open_set", "ov_labels"),
     "split": ("split",),
 }
-_OPENSET_SEPARATORS = re.compile(r"[,，;；、]")
-
 
 RowErrorKind = Literal[
     "missing_file",
@@ -186,38 +182,13 @@ def parse_valence(value: Any) -> float | None:
     return None if np.isnan(number) else number
 
 
-def parse_openset(value: Any) -> list[str] | None:
+def openset_cell(value: Any) -> list[str] | None:
     """Open-vocabulary labels from a list, a Python/JSON list string, or comma-separated words."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        items: list[Any] = list(value)
-    else:
-        text = str(value).strip()
-        if not text:
-            return None
-        if text.startswith("["):
-            items = _parse_list_literal(text)
-        else:
-            items = _OPENSET_SEPARATORS.split(text)
-    if not all(isinstance(item, str) for item in items):
-        raise RowProblem(f"openset {value!r} is not a list of words", "bad_value")
-    words = [item.strip() for item in items if item.strip()]
-    return words or None
-
-
-def _parse_list_literal(text: str) -> list[Any]:
     try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            # literal_eval only builds literals (no calls), so a MER Python-list string is safe.
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise RowProblem(f"openset {text!r} is not a valid list", "bad_value") from None
-    if not isinstance(parsed, list):
-        raise RowProblem(f"openset {text!r} is not a list", "bad_value")
-    return parsed
+        words = parse_openset(value, mode="words")
+    except OpenSetParseError as exc:
+        raise RowProblem(str(exc), "bad_value") from None
+    return words or None
 
 
 def clean_text(value: Any) -> str | None:

@@ -4,6 +4,8 @@ Two modes:
 
 * ``proper`` (default): the string is a Python-literal or JSON list of strings; quotes are
   respected, so ``"don't believe"`` stays one label. Labels are stripped; empty ones dropped.
+* ``words``: also accepts a list/tuple, or words separated by commas or semicolons (manifest
+  cells written by hand).
 * ``mertools``: reproduces, bit for bit, the ``string_to_list`` that the organisers' MER2024
   open-vocabulary scorer uses (zeroQiaoba/MERTools, ``MER2024/toolkit/utils/functions.py``,
   called from ``MER2024/main-ov.py``). It keeps the text between the first ``[`` and the next
@@ -22,30 +24,65 @@ import ast
 import json
 import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from meragent.errors import DataError
 
-ParseMode = Literal["proper", "mertools"]
-PARSE_MODES: tuple[str, ...] = ("proper", "mertools")
+ParseMode = Literal["proper", "mertools", "words"]
+PARSE_MODES: tuple[str, ...] = ("proper", "mertools", "words")
 
 # MER2024's scorer: re.split('[\'\"]', ...); MER2025's adds the comma to the class.
 _MER2024_SPLIT = re.compile("['\"]")
 _MER2025_SPLIT = re.compile("['\",]")
 _DISCARDED_PIECES = ("", ",")
+_WORD_SEPARATORS = re.compile(r"[,，;；、]")
 
 
 class OpenSetParseError(DataError):
     """An open-set list string cannot be read as a list of labels."""
 
 
-def parse_openset(text: str, *, mode: ParseMode = "proper") -> list[str]:
-    """Return the labels in a MER open-set string (see the module docstring for the modes)."""
+def parse_openset(text: Any, *, mode: ParseMode = "proper") -> list[str]:
+    """Return the labels in a MER open-set string (see the module docstring for the modes).
+
+    The one list-string parser of the project (eval files, manifests, the LoRA data).
+    """
     if mode == "proper":
         return _parse_proper(text)
     if mode == "mertools":
         return mertools2024_list(text)
+    if mode == "words":
+        return _parse_words(text)
     raise ValueError(f"unknown parse mode {mode!r} (expected one of {', '.join(PARSE_MODES)})")
+
+
+def _parse_words(value: object) -> list[str]:
+    """A list, a Python/JSON list string, or words separated by commas/semicolons."""
+    if _is_missing(value):
+        return []
+    if isinstance(value, list | tuple):
+        items: list[object] = list(value)
+    else:
+        text = str(value).strip()
+        if text.startswith("["):
+            literal = _any_literal(text)
+            if not isinstance(literal, list):
+                raise OpenSetParseError(f"openset {text!r} is not a valid list")
+            items = literal
+        else:
+            items = list(_WORD_SEPARATORS.split(text))
+    if not all(isinstance(item, str) for item in items):
+        raise OpenSetParseError(f"openset {value!r} is not a list of words")
+    return [word for word in (str(item).strip() for item in items) if word]
+
+
+def _any_literal(source: str) -> object:
+    for loader in (json.loads, ast.literal_eval):
+        try:
+            return loader(source)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return None
 
 
 def _is_missing(text: object) -> bool:

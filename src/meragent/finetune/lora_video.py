@@ -11,24 +11,21 @@ is not fed: Qwen2.5-VL has no audio input (Qwen2-Audio would need a second tower
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meragent.agents.labeler import format_labels, parse_labels
+from meragent.agents.labeler import format_labels
 from meragent.errors import DataError, MeragentError, ModelLoadError
-from meragent.finetune.lora_run import (
-    LoraRunConfig,
-    Reporter,
-    flag_counts,
-    save_adapter,
-    score_systems,
-    write_predictions,
-    write_results,
+from meragent.finetune.lora_config import LoraRunConfig, Reporter
+from meragent.finetune.lora_fold import limit_dataset
+from meragent.finetune.ov_data import (
+    LABELS_FILE,
+    OVDataset,
+    OVSample,
+    kfold_split,
+    load_ov_labels,
 )
-from meragent.finetune.ov_data import LABELS_FILE, OVDataset, OVSample, load_ov_labels
 from meragent.finetune.ov_eval import SystemPrediction
 
 #: Our wording, same request as the text labeler's prompt, for a clip instead of a description.
@@ -56,15 +53,26 @@ class LoadedVLM:
     model: Any
     processor: Any
     model_id: str
+    precision: str = "fp32"
 
 
 def load_video_lm(
-    model: str, *, adapter: str | None = None, device: str = "cpu", dtype: str = "auto"
+    model: str,
+    *,
+    adapter: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    precision: str = "fp32",
 ) -> LoadedVLM:
     """Load a Qwen2.5-VL-style model + processor (HF id or folder), optionally with an adapter."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from meragent.tools.causal_lm import check_adapter_base, resolve_device, resolve_dtype
+    from meragent.tools.causal_lm import (
+        check_adapter_base,
+        resolve_device,
+        resolve_dtype,
+        resolve_precision,
+    )
 
     if adapter is not None:
         check_adapter_base(adapter, model)
@@ -81,7 +89,12 @@ def load_video_lm(
         from peft import PeftModel
 
         lm = PeftModel.from_pretrained(lm, adapter)
-    return LoadedVLM(model=lm.eval(), processor=processor, model_id=model)
+    return LoadedVLM(
+        model=lm.eval(),
+        processor=processor,
+        model_id=model,
+        precision=resolve_precision(precision, device),
+    )
 
 
 def load_video_samples(config: LoraRunConfig) -> OVDataset:
@@ -207,22 +220,29 @@ def video_training_inputs(batch: list[VideoExample]) -> dict[str, Any]:
 def generate_video_labels(
     vlm: LoadedVLM, example: VideoExample, *, max_new_tokens: int
 ) -> SystemPrediction:
-    """Greedy answer for one clip, parsed by the labeler's parser."""
+    """Greedy answer for one clip with the labeler's list decoding, parsed by its parser."""
     import torch
+
+    from meragent.finetune.ov_eval import parse_generation
+    from meragent.tools.causal_lm import autocast_context
+    from meragent.tools.causal_lm_decoding import LIST_DECODING, stopping_criteria
 
     device = next(vlm.model.parameters()).device
     inputs = {key: value.to(device) for key, value in example.prompt_inputs.items()}
     tokenizer = vlm.processor.tokenizer
-    with torch.no_grad():
+    width = inputs["input_ids"].shape[1]
+    with torch.no_grad(), autocast_context(vlm.precision, device.type):
         output = vlm.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=stopping_criteria(tokenizer, width, LIST_DECODING),
         )
-    new_tokens = output[0, inputs["input_ids"].shape[1] :]
-    parse = parse_labels(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
-    return SystemPrediction(labels=parse.labels, raw=parse.raw, flags=parse.flags)
+    new_tokens = output[0, width:].tolist()
+    ended = bool(new_tokens) and new_tokens[-1] == tokenizer.eos_token_id
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    return parse_generation(text, hit_cap=not ended and len(new_tokens) >= max_new_tokens)
 
 
 #: (max_pixels, min_pixels) per frame given to qwen_vl_utils; small frames keep CPU runs short.
@@ -245,117 +265,66 @@ def _encode_all(
     return encoded
 
 
-def run_video_lora_cv(config: LoraRunConfig, report: Reporter | None = None) -> dict[str, Any]:
-    """The video counterpart of ``run_lora_cv``: same split, scoring, artifacts and results."""
-    from meragent.finetune.lora_run import grouper_factory, limit_dataset
-    from meragent.finetune.ov_data import kfold_split
+class VideoStrategy:
+    """Frames + subtitle -> labels with a vision-language model; LoRA on its language model."""
 
-    say: Reporter = report or (lambda message: None)
-    started = time.perf_counter()
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    dataset = limit_dataset(load_video_samples(config), config.limit, config.seed)
-    base = load_video_lm(config.base, device=config.device, dtype=config.dtype)
-    encoded = _encode_all(base, dataset, config, say)
-    dataset = OVDataset(
-        samples=[s for s in dataset.samples if s.name in encoded], skipped=dataset.skipped
-    )
-    split = kfold_split(dataset.names, config.folds, config.seed)
-    make_grouper = grouper_factory(config)
-    lexicon = None
-    if config.word_forms is not None:
-        from meragent.finetune.ov_lexicon import LexiconExtractor
+    task = "MER-OV video labeler LoRA (frames + subtitle -> labels)"
+    reads = "video frames + subtitle"
 
-        lexicon = LexiconExtractor.from_csv(config.word_forms)
-    fold_ids = [config.fold] if config.fold is not None else list(range(config.folds))
-    say(f"{len(dataset.samples)} clips ({dataset.n_skipped()} skipped); folds {fold_ids}")
-    folds = [
-        _run_video_fold(config, say, base, dataset, encoded, split[k], k, make_grouper, lexicon)
-        for k in fold_ids
-    ]
-    return write_results(
-        config,
-        say,
-        task="MER-OV video labeler LoRA (frames + subtitle -> labels)",
-        dataset=dataset,
-        folds=folds,
-        started=started,
-    )
+    def __init__(
+        self,
+        config: LoraRunConfig,
+        base: LoadedVLM,
+        dataset: OVDataset,
+        encoded: dict[str, VideoExample],
+    ) -> None:
+        self.config = config
+        self.base = base
+        self.dataset = dataset
+        self.encoded = encoded
+        self.preprocessor = base.processor
+        self.precision = base.precision
+        # One clip per micro-batch: clips differ in video-token count.
+        self.hyper = config.hyper.model_copy(update={"batch_size": 1})
+        self.data_source = str(config.manifest)
+        self.extra: dict[str, Any] = {}
 
+    @classmethod
+    def load(cls, config: LoraRunConfig, report: Reporter) -> VideoStrategy:
+        """Load the clips and the model; decode and encode every clip once (failures skipped)."""
+        dataset = limit_dataset(load_video_samples(config), config.limit, config.seed)
+        # A bad fold count fails before the slow load.
+        kfold_split(dataset.names, config.folds, config.seed)
+        base = load_video_lm(
+            config.base, device=config.device, dtype=config.dtype, precision=config.precision
+        )
+        encoded = _encode_all(base, dataset, config, report)
+        kept = OVDataset(
+            samples=[s for s in dataset.samples if s.name in encoded], skipped=dataset.skipped
+        )
+        return cls(config, base, kept, encoded)
 
-def _run_video_fold(
-    config: LoraRunConfig,
-    report: Reporter,
-    base: LoadedVLM,
-    dataset: OVDataset,
-    encoded: dict[str, VideoExample],
-    held_out: list[str],
-    fold: int,
-    grouper_factory: Callable[[], Any],
-    lexicon: Any,
-) -> dict[str, Any]:
-    from meragent.finetune.lora_card import write_model_card
-    from meragent.finetune.lora_run import eval_subset
-    from meragent.finetune.lora_train import add_lora, save_loss_curve, train_lora
-    from meragent.finetune.ov_data import split_fold
-    from meragent.finetune.ov_eval import predict_with_lexicon
+    def training_examples(self, train: list[OVSample], fold: int) -> list[Any]:
+        return [self.encoded[s.name] for s in train]
 
-    fold_dir = config.out_dir / f"fold{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    train, test = split_fold(dataset, held_out)
-    test = eval_subset(test, config.eval_limit)
-    systems: dict[str, list[SystemPrediction]] = {}
-    gen = {"max_new_tokens": config.max_new_tokens}
-    if config.zero_shot:
-        systems["zero_shot"] = [generate_video_labels(base, encoded[s.name], **gen) for s in test]
-    if lexicon is not None:
-        # The subtitle is the only text a video-mode model reads.
-        systems["lexicon"] = predict_with_lexicon(lexicon, test)
-    params = config.hyper.model_copy(update={"batch_size": 1})
-    model = add_lora(copy.deepcopy(base.model), params, only_under=_LANGUAGE_MODEL)
-    log = train_lora(
-        model,
-        [encoded[s.name] for s in train],
-        params,
-        collate_fn=video_training_inputs,
-        progress=config.progress,
-        on_step=lambda step, loss: report(f"fold {fold} step {step}: loss {loss:.4f}"),
-    )
-    adapter_dir = save_adapter(model, base.processor, config.base, fold_dir / "adapter")
-    curve = save_loss_curve(log.losses, fold_dir / "loss.png", f"video LoRA fold {fold}")
-    tuned = LoadedVLM(
-        model=model.merge_and_unload().eval(),
-        processor=base.processor,
-        model_id=f"{config.base}+lora",
-    )
-    systems["lora"] = [generate_video_labels(tuned, encoded[s.name], **gen) for s in test]
-    scores = score_systems(test, systems, grouper_factory)
-    write_predictions(fold_dir / "predictions.jsonl", test, systems)
-    write_model_card(
-        adapter_dir,
-        base=config.base,
-        data=str(config.manifest),
-        language="video frames + subtitle",
-        modality="video",
-        fold=fold,
-        folds=config.folds,
-        n_train=len(train),
-        n_test=len(test),
-        hyper=params.model_dump(exclude={"target_modules"}),
-        scores=scores,
-    )
-    report(f"fold {fold}: scores {scores}")
-    return {
-        "fold": fold,
-        "n_train": len(train),
-        "n_test": len(test),
-        "test_names": sorted(s.name for s in test),
-        "train_steps": log.steps,
-        "loss_first": log.losses[0],
-        "loss_last": log.losses[-1],
-        "losses": log.losses,
-        "parse_flags": {k: flag_counts(v) for k, v in systems.items() if k != "lexicon"},
-        "timings_s": {"train_s": round(log.seconds, 1)},
-        "adapter": str(adapter_dir),
-        "loss_curve": str(curve),
-        "scores": scores,
-    }
+    def train_options(self) -> dict[str, Any]:
+        return {"collate_fn": video_training_inputs}
+
+    def fresh_lora(self) -> Any:
+        from meragent.finetune.lora_train import add_lora
+
+        return add_lora(copy.deepcopy(self.base.model), self.hyper, only_under=_LANGUAGE_MODEL)
+
+    def merged(self, peft_model: Any) -> LoadedVLM:
+        return LoadedVLM(
+            model=peft_model.merge_and_unload().eval(),
+            processor=self.base.processor,
+            model_id=f"{self.config.base}+lora",
+            precision=self.precision,
+        )
+
+    def predict(self, model: Any, test: list[OVSample], label: str) -> list[SystemPrediction]:
+        budget = self.config.max_new_tokens
+        return [
+            generate_video_labels(model, self.encoded[s.name], max_new_tokens=budget) for s in test
+        ]

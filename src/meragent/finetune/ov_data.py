@@ -8,9 +8,7 @@ of truth) with the description, and as answer the label list written by ``format
 
 from __future__ import annotations
 
-import ast
 import csv
-import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -19,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from meragent.agents.labeler import format_labels, labeler_messages
 from meragent.errors import DataError
+from meragent.eval.parsing import OpenSetParseError, parse_openset
 
 Language = Literal["english", "chinese", "both"]
 LANGUAGES: tuple[str, ...] = ("english", "chinese")
@@ -61,19 +60,9 @@ def _read_csv(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
         return [dict(row) for row in reader]
 
 
-def parse_openset(text: str) -> list[str]:
-    """Read one ``openset`` cell (``"['a', 'b']"``; ``"[]"`` and ``""`` mean no label)."""
-    text = (text or "").strip()
-    if not text:
-        return []
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise ValueError(f"not a Python list: {text[:40]!r}") from exc
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"not a list of strings: {text[:40]!r}")
-    labels = dict.fromkeys(v.strip().lower() for v in value if v.strip())
-    return list(labels)
+def read_openset_cell(text: str) -> list[str]:
+    """One ``openset`` cell as lower-case, de-duplicated labels (``"[]"``/``""``: none)."""
+    return list(dict.fromkeys(label.lower() for label in parse_openset(text or "")))
 
 
 def load_ov_labels(data_dir: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
@@ -83,8 +72,8 @@ def load_ov_labels(data_dir: Path) -> tuple[dict[str, list[str]], dict[str, list
     for row in _read_csv(data_dir / LABELS_FILE, ("name", "openset")):
         name = (row.get("name") or "").strip()
         try:
-            labels[name] = parse_openset(row.get("openset") or "")
-        except ValueError:
+            labels[name] = read_openset_cell(row.get("openset") or "")
+        except OpenSetParseError:
             skipped.setdefault("unreadable_labels", []).append(name)
     return labels, skipped
 
@@ -116,18 +105,20 @@ def load_ov_samples(data_dir: Path, language: Language = "english") -> OVDataset
 
 
 def kfold_split(names: Iterable[str], folds: int, seed: int = 0) -> list[list[str]]:
-    """Held-out names per fold: a seeded shuffle of the sorted names, dealt round-robin.
+    """Held-out names per fold: scikit-learn's shuffled ``KFold`` over the sorted names.
 
     Sorting first makes the split independent of file order; the same names, folds and seed
     always give the same split, and the folds are disjoint and cover every name.
     """
+    from sklearn.model_selection import KFold
+
     unique = sorted(set(names))
     if folds < 2:
         raise DataError(f"need at least 2 folds, got {folds}")
     if folds > len(unique):
         raise DataError(f"{folds} folds but only {len(unique)} samples")
-    random.Random(seed).shuffle(unique)
-    return [sorted(unique[k::folds]) for k in range(folds)]
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [sorted(unique[i] for i in test) for _, test in splitter.split(unique)]
 
 
 def split_fold(dataset: OVDataset, held_out: list[str]) -> tuple[list[OVSample], list[OVSample]]:
