@@ -1,14 +1,14 @@
 """The three Ray Data stages of a scaled-out batch, and the columns that carry a clip between them.
 
-1. :func:`decode_batch` (CPU tasks): decode each clip with the runtime's decoder and run the
-   visual tool's face detector on the sampled frames (boxes and 224 x 224 crops).
-2. :class:`EncoderStage` (an actor pool, ``num_gpus`` each): the toolset's speech, image and
-   text encoders over the whole batch at once; a vector already in the feature cache is reused.
-3. :class:`GraphStage` (an actor pool, threads inside): the unchanged clip graph per clip. Its
-   tools are wrapped so that, for that clip, the encoders hand back stage 2's vectors and the face
-   detector replays stage 1's boxes; its decoder replays stage 1's media (or decode error). The
-   tool nodes then do exactly what they do in-process (cache write, heads, clue text), so the
-   answers equal the in-process executor's. Trace steps are collected, not written: the driver
+1. :func:`decode_batch` (CPU tasks): decode each clip with the runtime's decoder.
+2. :class:`EncoderStage` (an actor pool, ``num_gpus`` each): every batchable tool's public
+   ``prepare`` → ``encode_batch`` over the whole batch (``tools.encoding.encode_items``); a
+   vector already in the feature cache is reused.
+3. :class:`GraphStage` (an actor pool, threads inside): the unchanged clip graph per clip. Each
+   tool node calls the tool's ``finish(clip, media, vector)`` with stage 2's vector (or error);
+   the decoder replays stage 1's media (or decode error). ``finish`` does exactly what the
+   in-process tool does with the vector (cache write, heads, clue text), so the answers equal
+   the in-process executor's. Trace steps are collected, not written: the driver
    commits them with the clip's result, because it alone owns the run's SQLite store.
 
 Between stages a row holds plain columns: ``seq`` and ``clip`` (Clip JSON), arrays as ``.npy``
@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -42,12 +42,14 @@ from meragent.errors import (
     MeragentError,
     ModelLoadError,
 )
-from meragent.graphs.runtime import Runtime
-from meragent.schema import Clip, TraceStep
-from meragent.tools.lazy import Lazy, shared
+from meragent.graphs.runtime import RunDeps
+from meragent.schema import Clip, Clue, TraceStep
+from meragent.tools.base import BatchableTool, Describer, ModalityTool, ToolSet
+from meragent.tools.encoding import MODALITIES
+from meragent.tools.lazy import shared
 
-#: ``factory(settings, track=...)`` -> Runtime; ``graphs.runtime.runtime_for`` by default.
-RuntimeFactory = Callable[..., Runtime]
+#: ``factory(settings, track=...)`` -> RunDeps; ``graphs.runtime.load_run_deps`` by default.
+RuntimeFactory = Callable[..., RunDeps]
 
 SEQ = "seq"
 CLIP = "clip"
@@ -57,14 +59,9 @@ AUDIO = "audio"
 FRAMES = "frames"
 FRAME_TIMES = "frame_times"
 DECODE_ERROR = "decode_error"
-FACES = "faces"
-FACES_ERROR = "faces_error"
-CROPS = "crops"
 STATUS = "status"
 PAYLOAD = "payload"
 USAGE = "usage"
-#: The tool attributes of a toolset whose encoders stage 2 runs, in graph order.
-MODALITIES: tuple[str, ...] = ("acoustic", "visual", "lexical")
 #: Error classes rebuilt by name; any other class is recreated under its own name on the nearest
 #: of these bases, so ``isinstance`` checks downstream (MediaError, LLMError, ...) still hold.
 _KNOWN_ERRORS: dict[str, type[Exception]] = {
@@ -170,29 +167,6 @@ def media_from_row(meta: str, audio: bytes, frames: bytes, frame_times: bytes) -
     )
 
 
-def faces_json(detector_name: str, found: list[list[Any]]) -> str:
-    return json.dumps(
-        {"detector": detector_name, "frames": [[asdict(b) for b in f] for f in found]}
-    )
-
-
-def faces_from_json(text: str) -> tuple[str, list[list[Any]]]:
-    from meragent.tools.faces import FaceBox
-
-    data = json.loads(text)
-    frames = []
-    for boxes in data["frames"]:
-        frames.append(
-            [
-                FaceBox(**{**box, "eyes": tuple(tuple(eye) for eye in box["eyes"])})
-                if box.get("eyes") is not None
-                else FaceBox(**box)
-                for box in boxes
-            ]
-        )
-    return str(data["detector"]), frames
-
-
 def _json_safe(value: Any) -> Any:
     """Plain JSON data, encoded exactly as the trace store would encode it."""
     from meragent.graphs.trace import dumps
@@ -230,11 +204,11 @@ class StageContext:
         (a ``local`` LLM backend would otherwise load its weights in every such worker)."""
         return without_chat_roles(self.settings if gpu else self.cpu_settings())
 
-    def runtime(self, settings: Settings) -> Runtime:
+    def runtime(self, settings: Settings) -> RunDeps:
         return self.factory(settings, track=self.track)
 
 
-#: Profile roles that build chat models when a Runtime is made.
+#: Profile roles that build chat models when a RunDeps is made.
 CHAT_ROLE_NAMES: tuple[str, ...] = ("reasoning_llm", "labeler_llm")
 
 
@@ -249,61 +223,24 @@ def without_chat_roles(settings: Settings, *, only_backend: str | None = None) -
     return settings.model_copy(update={"models": models})
 
 
-def staged_tools(tools: Any) -> dict[str, Any]:
-    """The toolset's tools that own an encoder slot and a feature cache, by modality."""
-    from meragent.tools.modality_tools import EncoderSlot
-
-    found = {}
-    for modality in MODALITIES:
-        tool = getattr(tools, modality, None)
-        if isinstance(getattr(tool, "encoder", None), EncoderSlot) and hasattr(tool, "cache"):
-            found[modality] = tool
-    return found
-
-
-def _face_detector(tools: Any) -> tuple[Lazy[Any] | None, bool]:
-    """The visual tool's detector holder when the tool uses faces, and whether crops are needed."""
-    visual = getattr(tools, "visual", None)
-    detector = getattr(visual, "detector", None)
-    encoder = getattr(visual, "encoder", None)
-    if not isinstance(detector, Lazy):
-        return None, False
-    if encoder is None and getattr(visual, "expression", None) is None:
-        return None, False  # the tool answers "no visual model" without looking for faces
-    return detector, encoder is not None
+def row_media(batch: dict[str, np.ndarray], index: int) -> DecodedMedia | None:
+    """The clip's decoded media from stage 1's columns (None when decoding failed)."""
+    if batch[DECODE_ERROR][index]:
+        return None
+    return media_from_row(
+        str(batch[MEDIA][index]),
+        batch[AUDIO][index],
+        batch[FRAMES][index],
+        batch[FRAME_TIMES][index],
+    )
 
 
 # --------------------------------------------------------------------------- stage 1: decode
 
 
-class _RecordingDetector:
-    """Passes detections through and remembers them, frame by frame."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = str(getattr(inner, "name", "detector"))
-        self.found: list[list[Any]] = []
-
-    def detect(self, frame: np.ndarray) -> list[Any]:
-        boxes = list(self.inner.detect(frame))
-        self.found.append(boxes)
-        return boxes
-
-
-def decode_clip(
-    clip: Clip, decoder: Callable[[Clip], DecodedMedia], detector: Lazy[Any] | None, crops: bool
-) -> dict[str, Any]:
+def decode_clip(clip: Clip, decoder: Callable[[Clip], DecodedMedia]) -> dict[str, Any]:
     """One clip's stage-1 columns; a failure is recorded in the row, never raised."""
-    row: dict[str, Any] = {
-        MEDIA: "",
-        AUDIO: b"",
-        FRAMES: b"",
-        FRAME_TIMES: b"",
-        DECODE_ERROR: "",
-        FACES: "",
-        FACES_ERROR: "",
-        CROPS: b"",
-    }
+    row: dict[str, Any] = {MEDIA: "", AUDIO: b"", FRAMES: b"", FRAME_TIMES: b"", DECODE_ERROR: ""}
     try:
         media = decoder(clip)
     except Exception as exc:  # replayed in the graph stage, where load_media handles it
@@ -313,32 +250,16 @@ def decode_clip(
     row[AUDIO] = array_bytes(media.audio)
     row[FRAMES] = array_bytes(media.frames)
     row[FRAME_TIMES] = array_bytes(media.frame_times)
-    if detector is not None and media.has_video and media.frames is not None:
-        from meragent.tools.faces import crop_faces
-
-        try:
-            recorder = _RecordingDetector(detector.get())
-            faces = crop_faces(media.frames, recorder)
-        except Exception as exc:  # the visual tool meets the same error in the graph stage
-            row[FACES_ERROR] = error_json(exc)
-        else:
-            row[FACES] = faces_json(recorder.name, recorder.found)
-            if crops:
-                row[CROPS] = array_bytes(faces.crops)
     return row
 
 
 def decode_batch(batch: dict[str, np.ndarray], context: StageContext) -> dict[str, np.ndarray]:
-    """Ray Data task: decode + face crops for a batch of clips."""
+    """Ray Data task: decode a batch of clips."""
     runtime = shared(
         ("ray-decode", context.token), lambda: context.runtime(context.tool_settings())
     )
-    loaded = runtime.get()
-    detector, want_crops = _face_detector(loaded.tools)
-    rows = [
-        decode_clip(Clip.model_validate_json(str(text)), loaded.decoder, detector, want_crops)
-        for text in batch[CLIP]
-    ]
+    decoder = runtime.get().decoder
+    rows = [decode_clip(Clip.model_validate_json(str(text)), decoder) for text in batch[CLIP]]
     columns = {SEQ: np.asarray(batch[SEQ], dtype=np.int64), CLIP: objects(list(batch[CLIP]))}
     for name in rows[0] if rows else ():
         columns[name] = objects([row[name] for row in rows])
@@ -348,241 +269,63 @@ def decode_batch(batch: dict[str, np.ndarray], context: StageContext) -> dict[st
 # --------------------------------------------------------------------------- stage 2: encoders
 
 
-@dataclass
-class _Pending:
-    index: int
-    item: Any
-
-
-def encode_isolating(
-    encode: Callable[[list[Any]], list[np.ndarray]], items: list[Any]
-) -> list[tuple[np.ndarray | None, BaseException | None]]:
-    """Encode a batch; when it fails as a whole, retry clip by clip to pin down the bad one."""
-    try:
-        vectors = encode(items)
-        return [(np.asarray(vector, dtype=np.float32), None) for vector in vectors]
-    except Exception as exc:
-        if len(items) == 1:
-            return [(None, exc)]
-    results: list[tuple[np.ndarray | None, BaseException | None]] = []
-    for item in items:
-        results.extend(encode_isolating(encode, [item]))
-    return results
-
-
 class EncoderStage:
-    """Ray Data actor: the speech, image and text encoders of the toolset, batched.
+    """Ray Data actor: each batchable tool's ``prepare`` → ``encode_batch`` over the batch.
 
-    Inputs match what the in-process tools feed the same models (the waveform, the face crops,
-    the stripped subtitle), so the vectors equal theirs up to floating-point batching noise.
+    A vector already in the feature cache (same recipe, same source) is reused; a clip the tool
+    would not encode (no modality, no subtitle yet, decode failed) gets no vector and its tool
+    node does what it does in-process. Inputs are the tools' own, so the vectors equal theirs.
     """
 
     def __init__(self, context: StageContext) -> None:
-        self.tools = staged_tools(context.runtime(context.tool_settings(gpu=context.gpu)).tools)
+        from meragent.tools.encoding import batchable_tools
+
+        runtime = context.runtime(context.tool_settings(gpu=context.gpu))
+        self.tools = batchable_tools(runtime.tools)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from meragent.tools.encoding import encode_items
+
         clips = [Clip.model_validate_json(str(text)) for text in batch[CLIP]]
-        columns = {name: batch[name] for name in batch if name != CROPS}
+        items = [(clip, row_media(batch, index)) for index, clip in enumerate(clips)]
+        columns = dict(batch)
         for modality, tool in self.tools.items():
-            vectors, errors = self._encode(modality, tool, batch, clips)
-            columns[vector_column(modality)] = objects(vectors)
-            columns[error_column(modality)] = objects(errors)
+            outcomes = encode_items(tool, items, batch_size=max(1, len(items)))
+            columns[vector_column(modality)] = objects(
+                [array_bytes(o) if isinstance(o, np.ndarray) else b"" for o in outcomes]
+            )
+            columns[error_column(modality)] = objects(
+                [error_json(o) if isinstance(o, BaseException) else "" for o in outcomes]
+            )
         return columns
-
-    def _encode(
-        self, modality: str, tool: Any, batch: dict[str, np.ndarray], clips: list[Clip]
-    ) -> tuple[list[bytes], list[str]]:
-        from meragent.tools.modality_tools import encoder_source
-
-        vectors: list[bytes] = [b""] * len(clips)
-        errors: list[str] = [""] * len(clips)
-        slot, cache = tool.encoder, tool.cache
-        pending: list[_Pending] = []
-        for index, clip in enumerate(clips):
-            item = _encoder_input(modality, batch, index, clip)
-            if item is None:
-                continue  # the tool will not call its encoder for this clip
-            try:  # reused only when made from this clip's media (or text) by the same recipe
-                source = encoder_source(modality, clip, item if modality == "lexical" else None)
-                cached = cache.lookup(slot.feature, clip.id, source=source, recipe=slot.recipe)
-                if cached is not None:
-                    vectors[index] = array_bytes(cached)
-                    continue
-            except Exception as exc:  # an unreadable cached file fails the same way in-process
-                errors[index] = error_json(exc)
-                continue
-            pending.append(_Pending(index, item))
-        if not pending:
-            return vectors, errors
-        try:
-            model = slot.model.get()
-        except Exception as exc:  # e.g. ModelLoadError: every clip of the batch reports it
-            for entry in pending:
-                errors[entry.index] = error_json(exc)
-            return vectors, errors
-        encode = partial(encode_batch, modality, model)
-        for entry, (vector, error) in zip(
-            pending, encode_isolating(encode, [e.item for e in pending]), strict=True
-        ):
-            if error is not None:
-                errors[entry.index] = error_json(error)
-            else:
-                vectors[entry.index] = array_bytes(vector)
-        return vectors, errors
-
-
-def _encoder_input(modality: str, batch: dict[str, np.ndarray], index: int, clip: Clip) -> Any:
-    """What the modality's tool would pass to its encoder for this clip, or None."""
-    if modality == "lexical":
-        text = (clip.subtitle or "").strip()
-        return text or None  # no subtitle: the graph stage's tool transcribes and encodes
-    if batch[DECODE_ERROR][index]:
-        return None
-    if modality == "acoustic":
-        audio = bytes_array(batch[AUDIO][index])
-        if audio is None or audio.size == 0:
-            return None
-        return (audio, int(json.loads(str(batch[MEDIA][index]))["sample_rate"]))
-    return bytes_array(batch[CROPS][index])  # visual: None when no frames or detection failed
-
-
-def encode_batch(modality: str, model: Any, items: list[Any]) -> list[np.ndarray]:
-    """One encoder call over a batch, as the encoder stage makes it (the GPU benchmark times it).
-
-    ``items``: ``(waveform, sample_rate)`` pairs (acoustic), face-crop stacks (visual) or
-    subtitles (lexical); one float vector per item comes back.
-    """
-    if modality == "acoustic":
-        rates = {rate for _, rate in items}
-        if len(rates) > 1:
-            raise DataError(f"mixed sample rates in one encoder batch: {sorted(rates)}")
-        audios = [audio for audio, _ in items]
-        return list(model.encode_many(audios, sample_rate=rates.pop(), batch_size=len(audios)))
-    if modality == "visual":
-        return list(model.encode_many(items))
-    return list(model.encode(items))
 
 
 # --------------------------------------------------------------------------- stage 3: the graph
 
 
 @dataclass
-class StagedVector:
-    """One clip's vector from the encoder stage (or the error the encoder raised for it)."""
-
-    vector: np.ndarray | None
-    error: BaseException | None = None
-
-    def value(self) -> np.ndarray:
-        if self.error is not None:
-            raise self.error
-        assert self.vector is not None
-        return self.vector
-
-
-class StagedSpeechEncoder(StagedVector):
-    """Stands in for ``AcousticEncoder`` inside the acoustic tool."""
-
-    def encode(self, audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-        return self.value()
-
-
-class StagedImageEncoder(StagedVector):
-    """Stands in for ``ClipImageEncoder`` inside the visual tool."""
-
-    def encode_clip(self, images: np.ndarray) -> np.ndarray:
-        return self.value()
-
-
-class StagedTextEncoder(StagedVector):
-    """Stands in for a text encoder inside the lexical tool (one text in, one row out)."""
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.value()[None, :]
-
-
-_STAGED_ENCODERS: dict[str, type[StagedVector]] = {
-    "acoustic": StagedSpeechEncoder,
-    "visual": StagedImageEncoder,
-    "lexical": StagedTextEncoder,
-}
-
-
-@dataclass
-class ReplayDetector:
-    """Answers ``detect`` with the boxes stage 1 found, frame after frame."""
-
-    frames: list[list[Any]]
-    name: str = "replay"
-    _next: int = 0
-
-    def detect(self, frame: np.ndarray) -> list[Any]:
-        boxes = self.frames[self._next]
-        self._next += 1
-        return list(boxes)
-
-
-def _fixed(value: Any) -> Any:
-    return value
-
-
-def _raise(error: BaseException) -> Any:
-    raise error
-
-
-@dataclass
 class ClipStaging:
-    """What stages 1-2 produced for one clip."""
+    """What stages 1-2 produced for one clip: its media (or decode error) and its vectors."""
 
     media: DecodedMedia | None = None
     decode_error: BaseException | None = None
-    faces: tuple[str, list[list[Any]]] | None = None
-    faces_error: BaseException | None = None
-    encoded: dict[str, StagedVector] = field(default_factory=dict)
-
-    def bind(self, modality: str, tool: Any) -> Any:
-        """A copy of ``tool`` that reads this clip's staged vector and face boxes."""
-        from meragent.tools.modality_tools import EncoderSlot
-
-        changes: dict[str, Any] = {}
-        slot = getattr(tool, "encoder", None)
-        if isinstance(slot, EncoderSlot) and modality in self.encoded:
-            staged = self.encoded[modality]
-            encoder = _STAGED_ENCODERS[modality](staged.vector, staged.error)
-            changes["encoder"] = replace(slot, model=Lazy(partial(_fixed, encoder)))
-        if modality == "visual" and isinstance(getattr(tool, "detector", None), Lazy):
-            if self.faces_error is not None:
-                changes["detector"] = Lazy(partial(_raise, self.faces_error))
-            elif self.faces is not None:
-                name, frames = self.faces
-                changes["detector"] = Lazy(partial(_fixed, ReplayDetector(frames, name)))
-        return replace(tool, **changes) if changes else tool
+    #: Per modality: the encoder stage's vector, or the error it raised for this clip.
+    encoded: dict[str, np.ndarray | BaseException] = field(default_factory=dict)
 
 
 def staging_from_row(batch: dict[str, np.ndarray], index: int) -> ClipStaging:
-    staging = ClipStaging()
+    staging = ClipStaging(media=row_media(batch, index))
     if batch[DECODE_ERROR][index]:
         staging.decode_error = rebuild_error(str(batch[DECODE_ERROR][index]))
-    else:
-        staging.media = media_from_row(
-            str(batch[MEDIA][index]),
-            batch[AUDIO][index],
-            batch[FRAMES][index],
-            batch[FRAME_TIMES][index],
-        )
-    if batch[FACES_ERROR][index]:
-        staging.faces_error = rebuild_error(str(batch[FACES_ERROR][index]))
-    elif batch[FACES][index]:
-        staging.faces = faces_from_json(str(batch[FACES][index]))
     for modality in MODALITIES:
         if vector_column(modality) not in batch:
             continue
         error = batch[error_column(modality)][index]
         vector = bytes_array(batch[vector_column(modality)][index])
         if error:
-            staging.encoded[modality] = StagedVector(None, rebuild_error(str(error)))
+            staging.encoded[modality] = rebuild_error(str(error))
         elif vector is not None:
-            staging.encoded[modality] = StagedVector(vector)
+            staging.encoded[modality] = vector
     return staging
 
 
@@ -625,7 +368,7 @@ class StagedTool:
     """
 
     modality: str
-    inner: Any
+    inner: ModalityTool
     staged: StagedInputs
     thread_safe: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -634,13 +377,18 @@ class StagedTool:
     def name(self) -> str:
         return str(getattr(self.inner, "name", type(self.inner).__name__))
 
-    def analyze(self, clip: Clip, media: DecodedMedia) -> Any:
+    def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        """``finish`` with the encoder stage's vector for this clip (``analyze`` without one)."""
         staging = self.staged.get(clip.id)
-        tool = self.inner if staging is None else staging.bind(self.modality, self.inner)
+        vector = None if staging is None else staging.encoded.get(self.modality)
+        if isinstance(self.inner, BatchableTool):
+            call = partial(self.inner.finish, clip, media, vector)
+        else:
+            call = partial(self.inner.analyze, clip, media)
         if getattr(self.inner, "thread_safe", False):
-            return tool.analyze(clip, media)
+            return call()
         with self._lock:
-            return tool.analyze(clip, media)
+            return call()
 
 
 @dataclass
@@ -648,7 +396,7 @@ class SerialisedDescriber:
     """An audio/video describer shared by an actor's graphs, one call at a time unless it is
     thread-safe (the graphs' own per-tool locks are per graph)."""
 
-    inner: Any
+    inner: Describer
     thread_safe: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -656,7 +404,7 @@ class SerialisedDescriber:
     def name(self) -> str:
         return str(getattr(self.inner, "name", type(self.inner).__name__))
 
-    def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Any:
+    def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Clue:
         if getattr(self.inner, "thread_safe", False):
             return self.inner.describe(clip, media, subtitle)
         with self._lock:
@@ -667,28 +415,23 @@ class SerialisedDescriber:
 class StagedToolSet:
     """The ToolSet shape the graph expects, with the three modality tools wrapped."""
 
-    acoustic: Any
-    visual: Any
-    lexical: Any
-    audio_describer: Any = None
-    video_describer: Any = None
+    acoustic: ModalityTool
+    visual: ModalityTool
+    lexical: ModalityTool
+    audio_describer: Describer | None = None
+    video_describer: Describer | None = None
 
     @classmethod
-    def wrap(cls, tools: Any, staged: StagedInputs) -> StagedToolSet:
-        def wrapped(modality: str) -> Any:
-            tool = getattr(tools, modality, None)
-            return None if tool is None else StagedTool(modality, tool, staged)
-
-        def serialised(attribute: str) -> Any:
-            describer = getattr(tools, attribute, None)
+    def wrap(cls, tools: ToolSet, staged: StagedInputs) -> StagedToolSet:
+        def serialised(describer: Describer | None) -> Describer | None:
             return None if describer is None else SerialisedDescriber(describer)
 
         return cls(
-            acoustic=wrapped("acoustic"),
-            visual=wrapped("visual"),
-            lexical=wrapped("lexical"),
-            audio_describer=serialised("audio_describer"),
-            video_describer=serialised("video_describer"),
+            acoustic=StagedTool("acoustic", tools.acoustic, staged),
+            visual=StagedTool("visual", tools.visual, staged),
+            lexical=StagedTool("lexical", tools.lexical, staged),
+            audio_describer=serialised(tools.audio_describer),
+            video_describer=serialised(tools.video_describer),
         )
 
 
@@ -761,8 +504,9 @@ def failure_payload(exc: BaseException) -> dict[str, Any]:
 class GraphStage:
     """Ray Data actor: the clip graph over a batch, ``concurrency`` clips at a time.
 
-    With several LLM servers (``llm_urls``) the actor builds one graph per server and sends clip
-    ``seq`` to server ``seq % n``, so the load spreads evenly whatever the number of actors.
+    One compiled graph per track; with several LLM servers (``llm_urls``) the actor builds one
+    graph context per server and sends clip ``seq`` to server ``seq % n``, so the load spreads
+    evenly whatever the number of actors.
     """
 
     def __init__(self, context: StageContext) -> None:
@@ -783,15 +527,9 @@ class GraphStage:
         self.media = MediaCache(self.staged.decode, max_items=4 * context.concurrency + 4)
         # One toolset for every graph: the tools (and their locks) are per actor, not per server.
         tools = StagedToolSet.wrap(self.runtimes[0].tools, self.staged)
-        self.graphs = [
-            build_graph(
-                tools,
-                runtime.chat_models,
-                track=context.track,
-                trace=cast(Any, self.steps),  # duck-typed: only add_step is called
-                media_cache=self.media,
-                **runtime.graph_options(),
-            )
+        self.graph = build_graph(context.track)
+        self.contexts = [
+            runtime.context(trace=self.steps, media=self.media, tools=tools)
             for runtime in self.runtimes
         ]
         self.pool = ThreadPoolExecutor(max_workers=max(1, context.concurrency))
@@ -826,12 +564,14 @@ class GraphStage:
     ) -> dict[str, Any]:
         from meragent.graphs.batch import invoke_clip
 
-        graph = self.graphs[seq % len(self.graphs)]
+        graph_context = self.contexts[seq % len(self.contexts)]
         clock = time.perf_counter()
         payload: dict[str, Any]
         try:
             self.staged.put(clip.id, staging_from_row(batch, index))
-            output = invoke_clip(graph, self.context.run_id, clip, checkpointed=False)
+            output = invoke_clip(
+                self.graph, self.context.run_id, clip, checkpointed=False, context=graph_context
+            )
             payload = {"status": "ok", "output": _json_safe(output)}
         except Exception as exc:  # per-clip isolation, as in the in-process batch
             payload = failure_payload(exc)
