@@ -63,7 +63,7 @@ def point_roles_at(monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
     """What a user sets to send both chat roles to an OpenAI-compatible server."""
     monkeypatch.setenv("MERAGENT_LLM_BASE_URL", base_url)
     monkeypatch.delenv("MERAGENT_LLM_API_KEY", raising=False)
-    monkeypatch.delenv("MERAGENT_FAKE_RUNTIME", raising=False)
+    monkeypatch.delenv("MERAGENT_PROFILE", raising=False)  # the default profile, real models
     for role in ("REASONING_LLM", "LABELER_LLM"):
         monkeypatch.setenv(f"MERAGENT_MODELS__{role}__BACKEND", "openai")
         monkeypatch.setenv(f"MERAGENT_MODELS__{role}__MODEL", SERVED_NAME)

@@ -28,7 +28,7 @@ def test_demo_runs_the_full_graph_offline_on_two_clips(
     home = tmp_path / "home"
     monkeypatch.setenv("MERAGENT_HOME", str(home))
     monkeypatch.setenv("MERAGENT_DEVICE", "cpu")
-    monkeypatch.delenv("MERAGENT_FAKE_RUNTIME", raising=False)
+    monkeypatch.delenv("MERAGENT_PROFILE", raising=False)  # the default profile, real models
     result = CliRunner().invoke(app, ["demo", "--clips", "2"])
     assert result.exit_code == 0, result.output
     assert "run demo: 2 ok, 0 degraded, 0 failed" in result.output
