@@ -4,7 +4,8 @@
 resume, commit, counting, exports, close) is :class:`graphs.session.RunSession`'s, shared with
 the Ray executor. Besides the run folder's ``trace.sqlite`` and outputs, this executor keeps
 ``checkpoints.sqlite`` (LangGraph ``SqliteSaver``): a clip killed mid-graph resumes at its last
-finished super-step; an answered clip's thread is pruned once the session committed it. At most
+finished super-step; answered clips' threads are pruned (in batches) once the session committed
+them. At most
 ``2 × concurrency`` clips are in flight, so memory stays flat for 100k-clip manifests.
 """
 
@@ -134,17 +135,46 @@ class ThreadExecutor:
         checkpointer = (
             open_checkpointer(session.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
         )
+        pruned = _Pruner(checkpointer)
         try:
             clips = _ClipRunner(rt, session.run_id, options, checkpointer)
             size = options.encoder_batch or default_encoder_batch(self.settings, rt.tools)
             queue = clips.encoded_first(todo, size) if size > 1 else iter(todo)
             for result in _as_completed(clips.run, queue, options.concurrency):
                 yield result  # the session commits it before we go on
-                if checkpointer is not None and result.status != "failed":
-                    checkpointer.delete_thread(thread_id(session.run_id, result.clip_id))
+                if result.status != "failed":  # a failed clip's thread is where --resume starts
+                    pruned.add(thread_id(session.run_id, result.clip_id))
         finally:
+            pruned.flush()
             if checkpointer is not None:
                 checkpointer.conn.close()
+
+
+class _Pruner:
+    """Deletes committed clips' checkpoint threads, many per transaction (keeps the DB small).
+
+    A kill before a flush leaves at most ``every`` threads of answered clips behind; ``--resume``
+    skips those clips, so their threads are never read.
+    """
+
+    def __init__(self, checkpointer: Any, every: int = 64) -> None:
+        self.checkpointer, self.every = checkpointer, every
+        self.pending: list[tuple[str]] = []
+
+    def add(self, thread: str) -> None:
+        if self.checkpointer is None:
+            return
+        self.pending.append((thread,))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.checkpointer is None or not self.pending:
+            return
+        with self.checkpointer.cursor() as cursor:  # SqliteSaver.delete_thread, for many
+            cursor.executemany("DELETE FROM checkpoints WHERE thread_id = ?", self.pending)
+            cursor.executemany("DELETE FROM writes WHERE thread_id = ?", self.pending)
+        self.pending = []
 
 
 class _ClipRunner:

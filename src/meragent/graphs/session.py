@@ -19,7 +19,7 @@ submission files, in ``errors.csv`` with severity ``degraded``, counted in the s
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -27,16 +27,16 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from meragent.config import Settings
-from meragent.errors import ConfigError, DataError, one_line
+from meragent.errors import ConfigError
+from meragent.graphs.clip_result import ClipResult, degraded_reason, failure_stage
 from meragent.graphs.outputs import LiveExport, OutputPaths, write_outputs
 from meragent.graphs.progress import Throughput, progress_bar
 from meragent.graphs.run_folder import clear_run, run_dir_for, run_lock
 from meragent.graphs.trace import RunRecord, TraceStore, open_trace, read_trace, trace_path
-from meragent.schema import Clip, ClipFailure, TraceStep
+from meragent.schema import Clip, ClipFailure
 
 Track = Literal["ov", "semi", "noise", "all"]
 DEFAULT_TRACK: Track = "all"
-Status = Literal["ok", "degraded", "failed"]
 
 __all__ = [
     "DEFAULT_TRACK",
@@ -47,6 +47,8 @@ __all__ = [
     "RunSession",
     "Throughput",
     "Track",
+    "add_usage",
+    "degraded_reason",
     "failure_stage",
     "load_clips",
     "progress_bar",
@@ -96,129 +98,7 @@ def _option_error(exc: ValidationError) -> str:
     return f"{name}: {error['msg']} (got {error.get('input')!r})"
 
 
-# --------------------------------------------------------------------------- one clip's result
-
-
-def failure_stage(exc: BaseException) -> str:
-    """A coarse stage name for errors.csv."""
-    from meragent.errors import LLMError, MediaError
-
-    if isinstance(exc, MediaError):
-        return "media"
-    if isinstance(exc, LLMError):
-        return "llm"
-    if isinstance(exc, DataError):
-        return "data"
-    return "pipeline"
-
-
-def degraded_reason(output: Mapping[str, Any]) -> str | None:
-    """Why an answered clip is only a partial success (its media could not be decoded), or None."""
-    media = output.get("media") or {}
-    error = media.get("error") if isinstance(media, Mapping) else None
-    if not error:
-        return None
-    first = str(error).strip().splitlines()[0] if str(error).strip() else "decode failed"
-    return f"media not decoded, answered from the subtitle: {first}"
-
-
-def _field(prediction: Any, name: str) -> Any:
-    if isinstance(prediction, Mapping):
-        return prediction.get(name)
-    return getattr(prediction, name, None)
-
-
-@dataclass(frozen=True)
-class ClipResult:
-    """What an executor produces for one clip: the one thing a :class:`RunSession` commits.
-
-    ``steps``: the clip's trace rows (node executions) to store with it; ``usage``: per-role
-    token counters the clip spent, added to the run's tally.
-    """
-
-    seq: int
-    clip_id: str
-    status: Status
-    latency_s: float
-    result: dict[str, Any]
-    discrete: str | None = None
-    openset: list[str] = field(default_factory=list)
-    description: str | None = None
-    stage: str | None = None
-    error: str | None = None
-    reason: str | None = None
-    steps: tuple[tuple[TraceStep, Any], ...] = ()
-    usage: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def answered(
-        cls, seq: int, clip_id: str, output: dict[str, Any], latency_s: float, **extra: Any
-    ) -> ClipResult:
-        """A clip the graph answered: ``ok``, or ``degraded`` when its media were not decoded."""
-        prediction = output.get("prediction")
-        reason = degraded_reason(output)
-        return cls(
-            seq=seq,
-            clip_id=clip_id,
-            status="ok" if reason is None else "degraded",
-            latency_s=latency_s,
-            result=output,
-            discrete=_field(prediction, "discrete"),
-            openset=list(_field(prediction, "openset") or []),
-            description=_field(prediction, "description"),
-            stage=None if reason is None else "media",
-            error=reason,
-            reason=reason,
-            **extra,
-        )
-
-    @classmethod
-    def failed(
-        cls, seq: int, clip: Any, exc: BaseException, latency_s: float, **extra: Any
-    ) -> ClipResult:
-        """A clip that raised: a coarse stage and a one-line reason."""
-        reason = one_line(exc)
-        clip_id = clip.id if isinstance(clip, Clip) else str(clip["id"])
-        return cls.failure(seq, clip_id, clip, failure_stage(exc), reason, type(exc).__name__,
-                           latency_s, **extra)  # fmt: skip
-
-    @classmethod
-    def failure(
-        cls,
-        seq: int,
-        clip_id: str,
-        clip: Any,
-        stage: str,
-        reason: str,
-        kind: str,
-        latency_s: float,
-        **extra: Any,
-    ) -> ClipResult:
-        """A failed clip from its parts (``kind``: the exception's type name)."""
-        return cls(
-            seq=seq,
-            clip_id=clip_id,
-            status="failed",
-            latency_s=latency_s,
-            result={"clip": clip},
-            stage=stage,
-            error=f"{kind}: {reason}",
-            reason=reason,
-            **extra,
-        )
-
-    @property
-    def outcome(self) -> ClipFailure | None:
-        """None for ``ok``; else what the summary lists (severity ``degraded`` or ``failed``)."""
-        if self.status == "ok":
-            return None
-        severity = "degraded" if self.status == "degraded" else "failed"
-        return ClipFailure(
-            clip_id=self.clip_id,
-            stage=self.stage or "pipeline",
-            reason=self.reason or self.error or "",
-            severity=severity,
-        )
+# --------------------------------------------------------------------------- executors
 
 
 class Executor(Protocol):
@@ -235,6 +115,14 @@ class Executor(Protocol):
     def grouper(self, session: RunSession) -> Any:
         """The open-set grouper metrics.json scores with (None: identity)."""
         ...
+
+
+def add_usage(total: dict[str, dict[str, float]], more: dict[str, dict[str, float]]) -> None:
+    """Add per-role token counters ``more`` into ``total`` (the run's tally across clips)."""
+    for role, counters in more.items():
+        entry = total.setdefault(role, {})
+        for key, value in counters.items():
+            entry[key] = entry.get(key, 0) + value
 
 
 # --------------------------------------------------------------------------- resume rules
@@ -481,10 +369,7 @@ class RunSession:
     def commit(self, result: ClipResult) -> None:
         """Store one clip (steps + result in one transaction), count it, export what is new."""
         self.store.commit_clip(self.run_id, result)
-        for role, counters in result.usage.items():
-            entry = self._usage.setdefault(role, {})
-            for key, value in counters.items():
-                entry[key] = entry.get(key, 0) + value
+        add_usage(self._usage, result.usage)
         summary = self.summary
         summary.count(result.outcome)
         progress = getattr(self, "_progress", None)
