@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from meragent.agents.chat import RoleChat
 from meragent.graphs.media_cache import MediaCache, MediaDecoder, default_decoder
 from meragent.schema import TraceStep
+from meragent.tools.base import ToolSet
 
 
 class StepSink(Protocol):
@@ -37,7 +38,7 @@ class GraphContext:
     model's structured output.
     """
 
-    tools: Any
+    tools: ToolSet
     media: MediaCache
     reasoning: RoleChat | None = None
     labeler: RoleChat | None = None
@@ -59,7 +60,7 @@ def as_role_chat(role: str, model: Any) -> RoleChat | None:
 
 
 def graph_context(
-    tools: Any,
+    tools: ToolSet,
     chat_models: Mapping[str, Any],
     *,
     decoder: MediaDecoder | None = None,

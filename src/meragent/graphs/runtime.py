@@ -22,6 +22,7 @@ from meragent.config import RoleConfig, Settings
 from meragent.errors import ConfigError
 from meragent.graphs.context import GraphContext, StepSink
 from meragent.graphs.media_cache import MediaCache, MediaDecoder, default_decoder
+from meragent.tools.base import ToolSet
 from meragent.tools.lazy import Lazy
 
 #: Chat roles of the graph and the profile role that configures each.
@@ -33,7 +34,7 @@ class RunDeps:
     """Loaded models and helpers shared by every clip of a run (``graphs.runtime.Runtime`` before;
     renamed so it does not clash with ``langgraph.runtime.Runtime``)."""
 
-    tools: Any
+    tools: ToolSet
     chat_models: dict[str, RoleChat | None]
     decoder: MediaDecoder
     tally: UsageTally
@@ -50,7 +51,7 @@ class RunDeps:
         *,
         trace: StepSink | None = None,
         media: MediaCache | None = None,
-        tools: Any = None,
+        tools: ToolSet | None = None,
         structured: bool | None = None,
     ) -> GraphContext:
         """The graph context of these deps (``media`` default: a cache over ``decoder``)."""
