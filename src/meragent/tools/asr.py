@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from meragent.errors import DataError, ModelLoadError
-from meragent.tools.model_source import first_line, resolve_model_source
+from meragent.tools.model_source import HF_LOAD_LOCK, first_line, resolve_model_source
 
 ROLE = "asr"
 BUNDLED_WHISPER_BASE = "bundled:whisper-base"
@@ -227,25 +227,30 @@ def load_asr(
     compute = compute_type or default_compute_type(device)
     cpu_threads = threads or min(4, os.cpu_count() or 1)
     try:
-        if backend == "whisperx":
-            import whisperx
-
-            loaded = whisperx.load_model(
-                source,
-                device,
-                compute_type=compute,
-                vad_method="pyannote",
-                language=language,
-                threads=cpu_threads,
-            )
-        else:
-            from faster_whisper import WhisperModel
-
-            loaded = WhisperModel(
-                source, device=device, compute_type=compute, cpu_threads=cpu_threads
-            )
+        with HF_LOAD_LOCK:  # whisperx builds torch modules (VAD): never during from_pretrained
+            loaded = _load_whisper(backend, source, device, compute, language, cpu_threads)
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(ROLE, source, first_line(exc)) from exc
     return SpeechRecognizer(
         model=loaded, backend=backend, model_id=model, batch_size=batch_size, language=language
     )
+
+
+def _load_whisper(
+    backend: str, source: str, device: str, compute: str, language: str | None, cpu_threads: int
+) -> Any:
+    """The whisperx pipeline or a faster-whisper model (both CTranslate2 underneath)."""
+    if backend == "whisperx":
+        import whisperx
+
+        return whisperx.load_model(
+            source,
+            device,
+            compute_type=compute,
+            vad_method="pyannote",
+            language=language,
+            threads=cpu_threads,
+        )
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(source, device=device, compute_type=compute, cpu_threads=cpu_threads)

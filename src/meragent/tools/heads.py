@@ -18,6 +18,7 @@ import numpy as np
 
 from meragent.errors import DataError, ModelLoadError
 from meragent.schema import EMOTIONS
+from meragent.tools.model_source import HF_LOAD_LOCK
 
 ROLE = "head"
 WEIGHTS_FILE = "head.safetensors"
@@ -114,7 +115,8 @@ def load_head(path: str | Path) -> EmotionHead:
 
     try:
         config = HeadConfig(**json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))
-        module = build_head_module(config)
+        with HF_LOAD_LOCK:  # no module may be built while from_pretrained patches torch.nn
+            module = build_head_module(config)
         module.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -49,7 +49,9 @@ def first_line(exc: BaseException) -> str:
 
 #: Serialises weight loads (re-entrant: a loader may load a sub-model). ``from_pretrained``
 #: patches ``torch.nn.Module`` globally while it builds a model, so two loads at once in parallel
-#: tool nodes left parameters on the meta device; inference itself runs unlocked.
+#: tool nodes left parameters on the meta device; any code that builds torch modules lazily in a
+#: tool thread (heads, whisperx's VAD, sentence-transformers) takes it too. Inference runs
+#: unlocked, and loaders that build no torch module (TFLite, OpenCV) do not wait for it.
 HF_LOAD_LOCK = threading.RLock()
 
 
