@@ -19,9 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from meragent.data.csv_records import CsvRecord, has_bad_bytes, printable, read_csv_records
-from meragent.data.label_npz import read_label_npz
-from meragent.data.manifest_rows import (
+from meragent.data.manifest.csv_records import CsvRecord, has_bad_bytes, printable, read_csv_records
+from meragent.data.manifest.label_npz import read_label_npz
+from meragent.data.manifest.rows import (
     Collector,
     ManifestLoad,
     MediaPolicy,

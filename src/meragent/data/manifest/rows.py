@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
-from meragent.data.csv_records import printable
+from meragent.data.manifest.csv_records import printable
 from meragent.data.media import VIDEO_EXTENSIONS
 from meragent.errors import DataError
 from meragent.eval.parsing import OpenSetParseError, parse_openset
