@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from meragent.config import Settings
-from meragent.errors import ConfigError, MeragentError
+from meragent.errors import ConfigError, MeragentError, one_line
 from meragent.graphs.ray_stages import (
     CLIP_ID,
     PAYLOAD,
@@ -163,7 +163,7 @@ def ray_session(ray: Any, address: str | None) -> Iterator[bool]:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = one_line(exc)
         raise ConfigError(f"cannot start or reach {where}: {message}") from None
     try:
         yield True
@@ -415,8 +415,7 @@ def _result_rows(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
     try:
         yield from dataset.iter_rows()
     except failures as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        first = one_line(exc)
         raise MeragentError(
             f"the Ray pipeline stopped ({type(exc).__name__}: {first[:300]}); finished clips "
             "are saved: fix the cause, then run again with --resume"
