@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,10 +32,10 @@ from meragent.graphs.clip_result import ClipResult, degraded_reason, failure_sta
 from meragent.graphs.outputs import LiveExport, OutputPaths, write_outputs
 from meragent.graphs.progress import Throughput, progress_bar
 from meragent.graphs.run_folder import clear_run, run_dir_for, run_lock
+from meragent.graphs.state import Track
 from meragent.graphs.trace import RunRecord, TraceStore, open_trace, read_trace, trace_path
 from meragent.schema import Clip, ClipFailure
 
-Track = Literal["ov", "semi", "noise", "all"]
 DEFAULT_TRACK: Track = "all"
 
 __all__ = [
