@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from graph_helpers import write_manifest
@@ -56,7 +57,7 @@ def test_run_errors_are_one_line(tmp_path: Path) -> None:
     unknown = runner.invoke(app, ["run", f"{manifest}#nope"])
     assert unknown.exit_code == 2 and "no clip 'nope'" in unknown.output
     track = runner.invoke(app, ["run", f"{manifest}#0", "--track", "best"])
-    assert track.exit_code == 2 and "unknown track 'best'" in track.output
+    assert track.exit_code == 2 and "Invalid value for '--track'" in track.output
     assert "Traceback" not in many.output + unknown.output + track.output
 
 
@@ -114,3 +115,26 @@ def test_demo_on_fakes_makes_clips_runs_and_points_to_the_trace(fake_home: Path)
         again.exit_code == 0
         and "run demo: 2 ok, 0 degraded, 0 failed, 0 already done" in again.output
     )
+
+
+def test_batch_encoder_batch_option_reaches_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = write_manifest(tmp_path / "data", 2)
+    assert (
+        runner.invoke(app, ["batch", str(manifest), "--run", "e", "--encoder-batch", "0"]).exit_code
+        == 2
+    )
+    seen: list[int | None] = []
+    import meragent.graphs.batch as batch
+
+    real = batch.run_batch
+
+    def spy(settings: Any, source: Any, run: str, options: Any, **kwargs: Any) -> Any:
+        seen.append(options.encoder_batch)
+        return real(settings, source, run, options, **kwargs)
+
+    monkeypatch.setattr(batch, "run_batch", spy)
+    result = runner.invoke(app, ["batch", str(manifest), "--run", "e", "--encoder-batch", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen == [4]
