@@ -81,6 +81,22 @@ def test_failures_leave_the_sample_ungrouped_and_uncached(tmp_path: Path) -> Non
     assert nonsense.failures == ["s: reply has no list of groups"]
 
 
+def test_a_failure_is_kept_as_one_scrubbed_line(tmp_path: Path) -> None:
+    from meragent.secrets import register_secret
+
+    register_secret("sk-grouper-secret-123")
+
+    class Noisy:
+        def invoke(self, messages: Any) -> Any:
+            raise RuntimeError("401 for key sk-grouper-secret-123\n<html>body</html>\ntrace")
+
+    grouper = LLMGrouper(Noisy(), cache_dir=tmp_path, model_id="x")
+    grouper.group_ids("s", ["happy", "joyful"])
+    assert len(grouper.failures) == 1
+    assert grouper.failures[0].startswith("s: RuntimeError: 401 for key ")
+    assert "\n" not in grouper.failures[0] and "sk-grouper-secret-123" not in grouper.failures[0]
+
+
 def test_single_label_needs_no_call() -> None:
     class Exploding:
         def invoke(self, messages: Any) -> Any:

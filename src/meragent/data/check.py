@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from meragent.data.manifest import ManifestLoad, MediaPolicy, RowError, load_manifest
 from meragent.data.media import probe_media
-from meragent.errors import MediaError
+from meragent.errors import MediaError, one_line
 from meragent.schema import EMOTIONS
 
 #: Histogram key for clips without a six-class label (e.g. test splits).
@@ -101,6 +101,6 @@ def _probe_clips(load: ManifestLoad) -> list[RowError]:
         try:
             probe_media(path, clip_id=clip.id)
         except MediaError as exc:
-            reason = str(exc).removeprefix(f"clip {clip.id!r}: ")
+            reason = one_line(exc).removeprefix(f"clip {clip.id!r}: ")
             errors.append(RowError(clip_id=clip.id, reason=reason, kind="unreadable_media"))
     return errors

@@ -20,35 +20,44 @@ so memory stays bounded) and ``OUT/manifest.csv`` (the input's columns plus ``sn
 from __future__ import annotations
 
 import json
-import math
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from meragent.data.media import VIDEO_EXTENSIONS, probe_media, read_audio
+from meragent.data.corrupt_noise import (
+    NoisePool,
+    babble_sources,
+    mix_at_snr,
+    noise_sources_from_dir,
+    rms,
+)
+from meragent.data.corrupt_video import blur_frame, write_corrupted
+from meragent.data.media import probe_media, read_audio
 from meragent.data.synth import MANIFEST_COLUMNS, write_manifest
-from meragent.errors import DataError, MediaError
+from meragent.errors import DataError, MediaError, one_line
 from meragent.schema import Clip, ClipFailure
 
-if TYPE_CHECKING:
-    import av.container
-    import av.video.stream
+#: Re-exported: the recipe's parts are imported from here by callers and tests.
+__all__ = [
+    "ClipCorruption",
+    "CorruptConfig",
+    "CorruptReport",
+    "NoisePool",
+    "SnrSpec",
+    "blur_frame",
+    "corrupt_clip",
+    "corrupt_dataset",
+    "mix_at_snr",
+    "noise_sources_from_dir",
+    "parse_blur",
+    "parse_snr",
+]
 
-#: Audio files accepted in a noise folder (MUSAN ships .wav), videos too (their audio is used).
-NOISE_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
 CORRUPT_COLUMNS: tuple[str, ...] = (*MANIFEST_COLUMNS, "snr_db", "blur", "noise", "flags")
-INT16_MAX = 32767.0
-INT16_MIN = -32768.0
-#: Decoded noise clips kept in memory (babble reuses the same few clips often).
-NOISE_CACHE_SIZE = 64
-#: Bit rate of the AAC track: high enough that coding error stays ~30 dB below the noise.
-AUDIO_BIT_RATE = 96_000
 
 
 @dataclass(frozen=True)
@@ -130,143 +139,6 @@ class CorruptConfig(BaseModel):
         return value
 
 
-# ---------------------------------------------------------------------------- the recipe
-
-
-def blur_frame(frame: np.ndarray, factor: int) -> np.ndarray:
-    """``log2(factor)`` pyrDown rounds then as many pyrUp rounds, cropped back to the input size.
-
-    ``factor`` 1 returns the frame itself. (pyrUp of an odd-sized image overshoots by a pixel,
-    hence the crop.)
-    """
-    import cv2
-
-    rounds = round(math.log2(factor))
-    if rounds <= 0:
-        return frame
-    height, width = frame.shape[:2]
-    out = frame
-    for _ in range(rounds):
-        out = cv2.pyrDown(out)
-    for _ in range(rounds):
-        out = cv2.pyrUp(out)
-    return np.ascontiguousarray(out[:height, :width])
-
-
-def rms(signal: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
-
-
-@dataclass
-class Mix:
-    """A noisy track (float32 in [-1, 1)) and how it was made."""
-
-    audio: np.ndarray
-    gain: float
-    noise_rms_ratio: float
-
-
-def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> Mix:
-    """Add ``noise`` scaled to ``snr_db`` below ``clean`` (both float in [-1, 1], same length).
-
-    Works in int16 units like the organisers: when the sum leaves [-32768, 32767] the whole mix
-    is scaled down so that its largest excursion just fits (``gain`` < 1), which keeps the SNR.
-    """
-    if clean.shape != noise.shape:
-        raise ValueError(f"clean has {clean.shape} samples, noise {noise.shape}")
-    clean_amp = clean.astype(np.float64) * 32768.0
-    noise_amp = noise.astype(np.float64) * 32768.0
-    clean_rms, noise_rms = rms(clean_amp), rms(noise_amp)
-    target = clean_rms / (10.0 ** (snr_db / 20.0))
-    scale = target / noise_rms if noise_rms > 0 else 0.0
-    mixed = clean_amp + noise_amp * scale
-    gain = 1.0
-    high, low = float(mixed.max(initial=0.0)), float(mixed.min(initial=0.0))
-    if high > INT16_MAX or low < INT16_MIN:
-        gain = INT16_MAX / high if high >= abs(low) else INT16_MIN / low
-        mixed = mixed * gain
-    return Mix((mixed / 32768.0).astype(np.float32), gain, scale)
-
-
-class NoisePool:
-    """Noise sources (files, or other clips for babble), decoded on demand and cached."""
-
-    def __init__(self, sources: Sequence[tuple[str, Path]], sample_rate: int) -> None:
-        self.sources = list(sources)
-        self.sample_rate = sample_rate
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.unreadable: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def _audio(self, name: str, path: Path) -> np.ndarray | None:
-        if name in self._cache:
-            self._cache.move_to_end(name)
-            return self._cache[name]
-        try:
-            audio = read_audio(path, clip_id=name, sample_rate=self.sample_rate)
-        except MediaError:
-            self.unreadable.add(name)
-            return None
-        if audio.size == 0:
-            self.unreadable.add(name)
-            return None
-        self._cache[name] = audio
-        if len(self._cache) > NOISE_CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return audio
-
-    def segment(
-        self, length: int, rng: np.random.Generator, exclude: str | None = None
-    ) -> tuple[np.ndarray, list[str]]:
-        """Noise clips drawn at random and concatenated past ``length``, then randomly cropped."""
-        candidates = [s for s in self.sources if s[0] != exclude]
-        pieces: list[np.ndarray] = []
-        used: list[str] = []
-        total = 0
-        while total <= length:
-            usable = [s for s in candidates if s[0] not in self.unreadable]
-            if not usable:
-                raise DataError("no readable noise source left (all noise files failed to decode)")
-            name, path = usable[int(rng.integers(len(usable)))]
-            audio = self._audio(name, path)
-            if audio is None:
-                continue
-            pieces.append(audio)
-            used.append(name)
-            total += audio.size
-        noise = np.concatenate(pieces)
-        start = int(rng.integers(0, noise.size - length + 1))
-        return noise[start : start + length], used
-
-
-def noise_sources_from_dir(noise_dir: Path) -> list[tuple[str, Path]]:
-    """Every audio (or video) file below ``noise_dir``, sorted, named by relative path."""
-    folder = Path(noise_dir)
-    if not folder.is_dir():
-        raise DataError(f"noise folder not found: {folder}")
-    endings = NOISE_EXTENSIONS + VIDEO_EXTENSIONS
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in endings)
-    if not files:
-        raise DataError(f"no audio files ({', '.join(NOISE_EXTENSIONS)}) found in {folder}")
-    return [(p.relative_to(folder).as_posix(), p) for p in files]
-
-
-def babble_sources(clips: Sequence[Clip]) -> list[tuple[str, Path]]:
-    """Other clips' speech as noise (the offline stand-in for MUSAN speech)."""
-    sources = []
-    for clip in clips:
-        path = clip.audio or clip.video
-        if path is not None:
-            sources.append((clip.id, Path(path)))
-    if len(sources) < 2:
-        raise DataError(
-            "babble noise needs at least two clips with audio; give --noise-dir (e.g. MUSAN speech)"
-        )
-    return sources
-
-
 # ---------------------------------------------------------------------------- one clip
 
 
@@ -332,7 +204,7 @@ def corrupt_clip(
     if not has_video:
         flags.append("no_video")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    frames = _write_corrupted(
+    frames = write_corrupted(
         Path(clip.video) if has_video and clip.video is not None else None,
         out_path,
         factor,
@@ -351,118 +223,6 @@ def corrupt_clip(
         frames=frames,
         flags=flags,
     )
-
-
-def _write_corrupted(
-    video: Path | None,
-    out_path: Path,
-    factor: int,
-    audio: np.ndarray | None,
-    sample_rate: int,
-    crf: int,
-    flags: list[str],
-) -> int:
-    """Stream the blurred frames and the noisy audio into ``out_path``; returns the frame count.
-
-    Written to a hidden temporary name first and renamed, so a crash never leaves half a file.
-    """
-    import av
-
-    frames = 0
-    tmp = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    try:
-        with av.open(str(tmp), mode="w") as output:
-            source = (
-                av.open(str(video), mode="r", metadata_errors="replace")
-                if video is not None
-                else None
-            )
-            try:
-                # Every stream must exist before the first packet is muxed (header written then).
-                video_stream = _add_video_stream(source, output, crf, flags) if source else None
-                audio_stream = None
-                if audio is not None:
-                    audio_stream = output.add_stream("aac", rate=sample_rate, layout="mono")
-                    audio_stream.bit_rate = AUDIO_BIT_RATE
-                if source is not None and video_stream is not None:
-                    frames = _copy_blurred(source, output, video_stream, factor, flags)
-            finally:
-                if source is not None:
-                    source.close()
-            if frames == 0 and "no_video" not in flags:
-                flags.append("no_video")
-            if audio_stream is not None and audio is not None:
-                _encode_audio(output, audio_stream, audio, sample_rate)
-            elif frames == 0:
-                raise MediaError(f"{video}: no decodable frame and no audio to write")
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return frames
-
-
-def _add_video_stream(
-    source: av.container.InputContainer,
-    output: av.container.OutputContainer,
-    crf: int,
-    flags: list[str],
-) -> av.video.stream.VideoStream | None:
-    in_stream = source.streams.video[0]
-    width, height = in_stream.codec_context.width, in_stream.codec_context.height
-    if not width or not height:
-        return None
-    # H.264 in yuv420p needs even sides: an odd last row/column is dropped.
-    even_width, even_height = width // 2 * 2, height // 2 * 2
-    if (even_width, even_height) != (width, height):
-        flags.append("cropped_to_even_size")
-    rate = in_stream.average_rate or in_stream.guessed_rate or 25
-    stream = output.add_stream("libx264", rate=rate)
-    stream.width, stream.height = even_width, even_height
-    stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": str(crf), "preset": "veryfast"}
-    return stream
-
-
-def _copy_blurred(
-    source: av.container.InputContainer,
-    output: av.container.OutputContainer,
-    stream: av.video.stream.VideoStream,
-    factor: int,
-    flags: list[str],
-) -> int:
-    """Decode, blur and encode one frame at a time (memory stays one frame deep)."""
-    import av
-
-    in_stream = source.streams.video[0]
-    in_stream.thread_type = "AUTO"
-    count = 0
-    try:
-        for frame in source.decode(in_stream):
-            image = frame.to_ndarray(format="rgb24")
-            blurred = blur_frame(image, factor)[: stream.height, : stream.width]
-            out = av.VideoFrame.from_ndarray(np.ascontiguousarray(blurred), format="rgb24")
-            output.mux(stream.encode(out))
-            count += 1
-    except av.error.FFmpegError:
-        flags.append("truncated")
-    output.mux(stream.encode(None))
-    return count
-
-
-def _encode_audio(
-    output: av.container.OutputContainer, stream: object, audio: np.ndarray, sample_rate: int
-) -> None:
-    import av
-
-    encode = stream.encode  # type: ignore[attr-defined]
-    chunk = 1024 * 8
-    for start in range(0, audio.size, chunk):
-        piece = np.ascontiguousarray(audio[None, start : start + chunk], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = start
-        output.mux(encode(frame))
-    output.mux(encode(None))
 
 
 # ---------------------------------------------------------------------------- a dataset
@@ -525,7 +285,8 @@ def corrupt_dataset(
                 crf=config.crf,
             )
         except (MediaError, OSError) as exc:
-            report.failures.append(ClipFailure(clip_id=clip.id, stage="corrupt", reason=str(exc)))
+            failure = ClipFailure(clip_id=clip.id, stage="corrupt", reason=one_line(exc))
+            report.failures.append(failure)
             continue
         report.written.append(done)
         rows.append(_manifest_row(clip, done, out_dir))

@@ -1,10 +1,8 @@
 """Synthetic clips for tests and the demo, plus makers of deliberately broken media files.
 
 A synthetic clip is an H.264/AAC mp4 of a real face photo (``skimage.data.astronaut()``, public
-domain, cropped around the face and gently moving) with a spoken sentence in the audio track.
-The sentences are small FLAC files shipped in ``meragent/data/assets/speech`` that the project
-rendered once with espeak-ng (``render_speech_assets``), so nothing here needs espeak at runtime.
-Everything is written with PyAV; no system ffmpeg is involved.
+domain, cropped around the face and gently moving) with a spoken sentence in the audio track
+(``synth_speech``: the shipped sentences and the frames; ``av_writer``: the PyAV encoder).
 
 The ``write_*`` / ``truncate_file`` functions make the bad inputs of the data layer's tests
 (empty, truncated, audio-only, video-only, very short, very long, mixed-encoding manifests).
@@ -14,21 +12,52 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from meragent.data.media import read_audio
+from meragent.data.av_writer import write_clip
+from meragent.data.synth_speech import (
+    SAMPLE_RATE,
+    SPEECH_SCRIPT,
+    SpeechSample,
+    face_frames,
+    flat_frames,
+    load_speech_samples,
+    render_speech_assets,
+    speech_asset_dir,
+    speech_track,
+    tone_track,
+)
 
-#: Column order of the CSV manifests this module writes (layout (c) of ``load_manifest``).
+#: Re-exported: tests and the demo import the clip makers from here.
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "SAMPLE_RATE",
+    "SPEECH_SCRIPT",
+    "SpeechSample",
+    "face_frames",
+    "load_speech_samples",
+    "make_synthetic_dataset",
+    "render_speech_assets",
+    "speech_asset_dir",
+    "speech_track",
+    "tone_track",
+    "truncate_file",
+    "write_audio_only",
+    "write_clip",
+    "write_empty_file",
+    "write_face_clip",
+    "write_garbage_file",
+    "write_long_clip",
+    "write_manifest",
+    "write_short_clip",
+    "write_video_only",
+]
+
+#: Column order of the CSV manifests this module writes (the ``csv`` layout of ``load_manifest``).
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "name",
     "video",
@@ -38,327 +67,6 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "valence",
     "openset",
 )
-SAMPLE_RATE = 16000
-#: The sentences behind the shipped speech files: our own wording, one clear emotion each.
-SPEECH_SCRIPT: tuple[dict[str, Any], ...] = (
-    {
-        "file": "en_happy.flac",
-        "language": "en",
-        "voice": "en-us",
-        "rate": 170,
-        "text": "That is wonderful news, I am so happy!",
-        "discrete": "happy",
-        "valence": 3.0,
-        "openset": ["happy", "excited"],
-    },
-    {
-        "file": "zh_happy.flac",
-        "language": "zh",
-        "voice": "cmn-latn-pinyin",
-        "rate": 170,
-        "text": "太好了，我今天真开心！",
-        "discrete": "happy",
-        "valence": 3.5,
-        "openset": ["happy", "delighted"],
-    },
-    {
-        "file": "en_worried.flac",
-        "language": "en",
-        "voice": "en-us",
-        "rate": 170,
-        "text": "I am really worried about tomorrow.",
-        "discrete": "worried",
-        "valence": -2.0,
-        "openset": ["worried", "anxious"],
-    },
-    {
-        "file": "zh_angry.flac",
-        "language": "zh",
-        "voice": "cmn-latn-pinyin",
-        "rate": 170,
-        "text": "你怎么又迟到了！",
-        "discrete": "angry",
-        "valence": -3.0,
-        "openset": ["angry", "annoyed"],
-    },
-    {
-        "file": "en_surprise.flac",
-        "language": "en",
-        "voice": "en-us",
-        "rate": 170,
-        "text": "Wow, I did not expect that!",
-        "discrete": "surprise",
-        "valence": 1.0,
-        "openset": ["surprised", "amazed"],
-    },
-)
-#: Crop of astronaut() around the face (x0, y0, side) in the 512x512 photo.
-_FACE_BOX = (95, 0, 270)
-
-
-@dataclass(frozen=True)
-class SpeechSample:
-    """One shipped sentence: its audio (16 kHz mono float32) and what it says."""
-
-    name: str
-    text: str
-    language: str
-    discrete: str
-    valence: float
-    openset: tuple[str, ...]
-    audio: np.ndarray
-
-
-# ---------------------------------------------------------------------------- speech assets
-
-
-def speech_asset_dir() -> Path:
-    """The folder of shipped speech FLAC files and their ``index.json``."""
-    return Path(str(resources.files("meragent.data") / "assets" / "speech"))
-
-
-def render_speech_assets(out_dir: Path | None = None, *, espeak: str = "espeak-ng") -> Path:
-    """Maintainer tool: synthesise ``SPEECH_SCRIPT`` with espeak-ng into 16 kHz FLAC files.
-
-    Writes ``<file>.flac`` per sentence and ``index.json`` (text, language, labels) into
-    ``out_dir`` (default: the package's asset folder). Needs the ``espeak-ng`` program; the
-    rest of the project only reads the result.
-    """
-    import soundfile
-
-    if shutil.which(espeak) is None:
-        raise FileNotFoundError(f"{espeak} is not installed (apt-get install espeak-ng)")
-    out_dir = Path(out_dir) if out_dir is not None else speech_asset_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for entry in SPEECH_SCRIPT:
-            wav = Path(tmp) / "speech.wav"
-            subprocess.run(
-                [
-                    espeak,
-                    "-v",
-                    entry["voice"],
-                    "-s",
-                    str(entry["rate"]),
-                    "-w",
-                    str(wav),
-                    entry["text"],
-                ],
-                check=True,
-                capture_output=True,
-            )
-            audio = _trim_silence(read_audio(wav, clip_id=entry["file"], sample_rate=SAMPLE_RATE))
-            audio = (0.5 * audio / max(float(np.abs(audio).max()), 1e-6)).astype(np.float32)
-            soundfile.write(out_dir / entry["file"], audio, SAMPLE_RATE, subtype="PCM_16")
-            index.append({k: v for k, v in entry.items() if k not in ("voice", "rate")})
-    index_path = out_dir / "index.json"
-    index_path.write_text(json.dumps(index, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return index_path
-
-
-def _trim_silence(audio: np.ndarray, threshold: float = 0.01) -> np.ndarray:
-    loud = np.flatnonzero(np.abs(audio) > threshold)
-    if loud.size == 0:
-        return audio
-    pad = SAMPLE_RATE // 20
-    return audio[max(loud[0] - pad, 0) : loud[-1] + pad]
-
-
-def load_speech_samples() -> list[SpeechSample]:
-    """Read the shipped sentences (audio decoded with PyAV)."""
-    folder = speech_asset_dir()
-    index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-    samples = []
-    for entry in index:
-        audio = read_audio(folder / entry["file"], clip_id=entry["file"], sample_rate=SAMPLE_RATE)
-        samples.append(
-            SpeechSample(
-                name=Path(entry["file"]).stem,
-                text=entry["text"],
-                language=entry["language"],
-                discrete=entry["discrete"],
-                valence=float(entry["valence"]),
-                openset=tuple(entry["openset"]),
-                audio=audio,
-            )
-        )
-    return samples
-
-
-# ---------------------------------------------------------------------------- signals
-
-
-def face_frames(
-    n_frames: int, size: int = 224, *, seed: int = 0, motion: bool = True
-) -> Iterator[np.ndarray]:
-    """Yield ``n_frames`` RGB uint8 (size, size, 3) crops of the astronaut's face.
-
-    The crop drifts by a few pixels and zooms by a few percent (smoothly, phase set by ``seed``)
-    so consecutive frames differ the way a talking head does, while the face stays detectable.
-    """
-    import cv2
-    from skimage import data as skdata
-
-    photo = skdata.astronaut()
-    rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 2 * np.pi, size=3)
-    gain = rng.uniform(0.95, 1.05)
-    x0, y0, side = _FACE_BOX
-    for i in range(n_frames):
-        t = i / 25.0
-        wobble = np.sin(2 * np.pi * 0.5 * t + phase) if motion else np.zeros(3)
-        crop_side = side * (1.0 - 0.04 * (1 + wobble[2]) / 2)
-        height, width = photo.shape[:2]
-        left = float(np.clip(x0 + (side - crop_side) / 2 + 6 * wobble[0], 0, width - crop_side))
-        top = float(np.clip(y0 + (side - crop_side) / 2 + 4 * wobble[1], 0, height - crop_side))
-        # Sub-pixel affine crop: every frame moves a little, as a filmed head does.
-        scale = size / crop_side
-        matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale]])
-        frame = cv2.warpAffine(photo, matrix, (size, size), flags=cv2.INTER_LINEAR)
-        yield np.clip(frame.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-
-
-def flat_frames(n_frames: int, size: int = 64) -> Iterator[np.ndarray]:
-    """Cheap frames for very long clips: a grey level ramp (frame i is brightness i % 256)."""
-    for i in range(n_frames):
-        yield np.full((size, size, 3), i % 256, dtype=np.uint8)
-
-
-def tone_track(duration_s: float, *, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A speech-like tone: harmonics of a gliding 120-220 Hz pitch, pulsed at syllable rate."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(duration_s * sample_rate)) / sample_rate
-    f0 = 170 + 50 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, np.pi))
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    voice = sum(np.sin(k * phase) / k for k in range(1, 5))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t))
-    return (0.2 * voice * envelope).astype(np.float32)
-
-
-def speech_track(
-    sample: SpeechSample, duration_s: float, *, seed: int = 0, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
-    """Place a sentence 0.1 s into a track of ``duration_s`` (faint noise elsewhere)."""
-    rng = np.random.default_rng(seed)
-    n = round(duration_s * sample_rate)
-    track = (0.002 * rng.standard_normal(n)).astype(np.float32)
-    start = int(0.1 * sample_rate)
-    speech = sample.audio[: max(n - start, 0)]
-    track[start : start + speech.size] += speech
-    return track
-
-
-# ---------------------------------------------------------------------------- writers
-
-
-def write_clip(
-    path: Path,
-    frames: Iterable[np.ndarray] | None,
-    *,
-    fps: int = 25,
-    audio: np.ndarray | None = None,
-    sample_rate: int = SAMPLE_RATE,
-    faststart: bool = False,
-    keyframe_every: int | None = None,
-    audio_codec: str | None = None,
-) -> Path:
-    """Encode RGB frames (H.264) and/or mono float32 audio (AAC) into ``path`` with PyAV.
-
-    ``.wav`` gets PCM audio only; ``.avi`` gets MPEG-4 video and PCM audio. ``faststart`` puts
-    the mp4 index first (so a truncated copy still opens); ``keyframe_every`` sets the GOP;
-    ``audio_codec`` overrides the audio codec (``pcm_s16le`` costs no encoding time).
-    Audio is interleaved with the frames, as real recordings are.
-    """
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    video_codec, default_audio_codec = _codecs_for(suffix)
-    audio_codec = audio_codec or default_audio_codec
-    frame_iter = iter(frames) if frames is not None else iter(())
-    first = next(frame_iter, None)
-    if first is None and audio is None:
-        raise ValueError("write_clip needs frames, audio, or both")
-    if first is not None and video_codec is None:
-        raise ValueError(f"{suffix} files cannot hold video")
-    options = {"movflags": "faststart"} if faststart and suffix in (".mp4", ".mov") else {}
-    samples = None if audio is None else np.asarray(audio, dtype=np.float32).reshape(-1)
-    with av.open(str(path), mode="w", options=options) as container:
-        video = None
-        if first is not None and video_codec is not None:
-            video = _add_video_stream(container, video_codec, fps, first.shape, keyframe_every)
-        sound = None
-        if samples is not None:
-            sound = _AudioWriter(container, audio_codec, samples, sample_rate)
-        if video is not None and first is not None:
-            for index, image in enumerate(_chain(first, frame_iter)):
-                if sound is not None:
-                    sound.write_until((index + 1) / fps)
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-        if sound is not None:
-            sound.finish()
-    return path
-
-
-def _add_video_stream(
-    container: Any, codec: str, fps: int, shape: tuple[int, ...], keyframe_every: int | None
-) -> Any:
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = shape[:2]
-    stream.pix_fmt = "yuv420p"
-    if codec == "libx264":
-        # ultrafast: test fixtures must be quick to write on a 2-core machine.
-        stream.options = {"preset": "ultrafast", "crf": "23"}
-    stream.codec_context.gop_size = keyframe_every or 250
-    return stream
-
-
-class _AudioWriter:
-    """Feeds mono float32 samples to an audio stream in 0.1 s frames, on demand."""
-
-    def __init__(self, container: Any, codec: str, samples: np.ndarray, sample_rate: int) -> None:
-        self.container = container
-        self.stream = container.add_stream(codec, rate=sample_rate, layout="mono")
-        self.samples = samples
-        self.sample_rate = sample_rate
-        self.position = 0
-
-    def write_until(self, seconds: float) -> None:
-        import av
-
-        stop = min(int(seconds * self.sample_rate), self.samples.size)
-        chunk = self.sample_rate // 10
-        while self.position < stop:
-            end = min(self.position + chunk, self.samples.size)
-            piece = np.ascontiguousarray(self.samples[None, self.position : end])
-            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
-            frame.sample_rate = self.sample_rate
-            frame.pts = self.position
-            self.container.mux(self.stream.encode(frame))
-            self.position = end
-
-    def finish(self) -> None:
-        self.write_until(self.samples.size / self.sample_rate)
-        self.container.mux(self.stream.encode(None))
-
-
-def _codecs_for(suffix: str) -> tuple[str | None, str]:
-    if suffix in (".mp4", ".mov", ".mkv", ".m4a"):
-        return ("libx264" if suffix != ".m4a" else None), "aac"
-    if suffix == ".avi":
-        return "mpeg4", "pcm_s16le"
-    if suffix == ".wav":
-        return None, "pcm_s16le"
-    raise ValueError(f"cannot write {suffix!r} files (use .mp4, .mov, .mkv, .avi, .m4a or .wav)")
-
-
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
 
 
 def write_face_clip(

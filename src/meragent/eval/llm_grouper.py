@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from meragent.errors import one_line
 from meragent.eval.grouping import normalise_label, register_grouper
 from meragent.eval.parsing import mertools2025_list
 
@@ -172,7 +173,7 @@ class LLMGrouper:
         try:
             reply = self.chat_model.invoke(grouping_messages(labels))
         except Exception as exc:  # a backend can raise anything; one sample must not stop a run
-            self.failures.append(f"{sample}: {type(exc).__name__}: {exc}")
+            self.failures.append(f"{sample}: {one_line(exc, with_type=True)}")
             return None
         groups = parse_groups(_reply_text(reply), labels)
         if groups is None:
