@@ -34,10 +34,15 @@ def test_list_answers_end_at_the_bracket_or_a_repeated_item(text: str, done: boo
 
 
 def test_prose_ends_at_a_repeated_sentence_and_the_repeat_is_cut() -> None:
-    looping = "He smiles. His voice is calm. He smiles. His voice is calm. He"
+    a, b = "He smiles at the camera.", "His voice is calm and low."
+    looping = f"{a} {b} {a} {b} He"
     assert answer_is_done(looping, PROSE_DECODING)
-    assert not answer_is_done("He smiles. His voice is calm. He", PROSE_DECODING)
-    assert trim_repeats(looping, PROSE_DECODING) == "He smiles. His voice is calm."
+    assert not answer_is_done(f"{a} {b} He", PROSE_DECODING)
+    assert trim_repeats(looping, PROSE_DECODING) == f"{a} {b}"
+    # Short pieces (a closing brace, a one-word line) may come twice without ending the answer.
+    nested = '{"a": {"b": 1}\n}\n}\n'
+    assert not answer_is_done(nested, PROSE_DECODING)
+    assert trim_repeats(nested, PROSE_DECODING) == nested.strip()
     # Free-form decoding keeps today's behaviour: nothing stops or is cut.
     free = DecodingSettings()
     assert not answer_is_done(looping, free) and trim_repeats(looping, free) == looping

@@ -17,6 +17,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
+from meragent.tools.causal_lm_decoding import AnswerShape
+
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant"}
 # One lock per loaded model: the reasoning and labeler roles often share the same weights.
 _MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -62,6 +64,9 @@ class LocalChatModel(BaseChatModel):
     model_id: str
     max_new_tokens: int = 128
     temperature: float = 0.0
+    #: ``prose`` ends at a repeated sentence (cut from the answer); ``list`` at the end of the
+    #: list line or a repeated item (the labeler); ``free`` stops only at EOS or the cap.
+    answer_shape: AnswerShape = "prose"
 
     @property
     def _llm_type(self) -> str:
@@ -79,16 +84,16 @@ class LocalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         from meragent.tools.causal_lm import generate_chat
+        from meragent.tools.causal_lm_decoding import DecodingSettings
 
-        max_new_tokens = int(kwargs.get("max_new_tokens", self.max_new_tokens))
+        decoding = DecodingSettings(
+            max_new_tokens=int(kwargs.get("max_new_tokens", self.max_new_tokens)),
+            temperature=self.temperature,
+            shape=self.answer_shape,
+        )
         # A torch model shared by several graph threads and roles: one generation at a time.
         with generation_lock(self.lm):
-            result = generate_chat(
-                self.lm,
-                to_chat_dicts(messages),
-                max_new_tokens=max_new_tokens,
-                temperature=self.temperature,
-            )
+            result = generate_chat(self.lm, to_chat_dicts(messages), decoding=decoding)
         message = AIMessage(
             content=_cut_at_stop(result.text, stop),
             usage_metadata={

@@ -289,6 +289,16 @@ def resumed_fold(config: LoraRunConfig, fold: int, report: Reporter) -> dict[str
     return record
 
 
+def _pool(config: LoraRunConfig, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """All folds ran: score every sample once, and write each system's ``openset_<system>.csv``."""
+    from meragent.finetune.lora_pooled import pool_predictions, pooled_scores, write_openset_csv
+
+    samples, systems = pool_predictions(config.out_dir, folds)
+    for system, predictions in systems.items():
+        write_openset_csv(config.out_dir / f"openset_{system}.csv", samples, predictions)
+    return pooled_scores(config.out_dir, folds, grouper_factory(config), config.wheel_dir)
+
+
 def write_results(
     config: LoraRunConfig,
     report: Reporter,
@@ -320,6 +330,8 @@ def write_results(
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if len(folds) == config.folds:
+        results["pooled"] = _pool(config, folds)
     path = config.out_dir / "results.json"
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     report(f"wrote {path}")

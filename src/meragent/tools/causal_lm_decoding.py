@@ -25,6 +25,7 @@ AnswerShape = Literal["list", "prose", "free"]
 _ITEM_SPLIT = re.compile(r"[,，、;；\n\[\]]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？\n])")
 _ITEM_STRIP = " \t\"'`“”‘’.:"
+MIN_SENTENCE_WORDS = 4
 
 
 class DecodingSettings(BaseModel):
@@ -71,9 +72,14 @@ def completed_items(text: str) -> list[str]:
 
 
 def completed_sentences(text: str) -> list[str]:
-    """Sentences that end with a terminator (the unfinished tail is left out)."""
+    """Sentences that end with a terminator (the unfinished tail is left out).
+
+    Pieces under ``MIN_SENTENCE_WORDS`` words are left out: a closing ``}`` or a short list
+    line may legitimately come twice (JSON, bullet lists); a repeated sentence may not.
+    """
     pieces = _SENTENCE_END.split(text)
-    return [p for p in (_norm(piece) for piece in pieces[:-1]) if p]
+    normed = (_norm(piece) for piece in pieces[:-1])
+    return [p for p in normed if len(p.split()) >= MIN_SENTENCE_WORDS]
 
 
 def has_repeat(pieces: list[str]) -> bool:
@@ -102,9 +108,10 @@ def trim_repeats(text: str, settings: DecodingSettings) -> str:
     kept: list[str] = []
     for piece in pieces:
         key = _norm(piece)
-        if key and key in seen:
+        long_enough = len(key.split()) >= MIN_SENTENCE_WORDS
+        if long_enough and key in seen:
             break
-        if key:
+        if long_enough:
             seen.add(key)
         kept.append(piece)
     return "".join(kept).strip()
