@@ -171,7 +171,7 @@ def test_bad_options_exit_2(workspace: dict[str, Path]) -> None:
     result = _run(*base, "--lr", "fast")
     assert result.exit_code == 2 and "--lr 'fast'" in result.output
     result = _run(*base, "--model", "transformer")
-    assert result.exit_code == 2 and "unknown fusion model" in result.output
+    assert result.exit_code == 2 and "Invalid value for '--model'" in result.output
 
 
 def test_augment_corrupt_adds_rows(workspace: dict[str, Path]) -> None:

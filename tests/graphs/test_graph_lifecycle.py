@@ -211,7 +211,7 @@ def test_batch_exit_codes(
     ]
 
     usage = runner.invoke(app, ["batch", str(manifest), "--run", "u", "--track", "best"])
-    assert usage.exit_code == 2 and "unknown track 'best'" in usage.output
+    assert usage.exit_code == 2 and "Invalid value for '--track'" in usage.output
 
 
 def test_run_of_a_failing_clip_exits_1(

@@ -465,7 +465,7 @@ def test_batch_cli_executor_options_are_checked(
     runner = CliRunner()
     cases = {
         ("--executor", "local", "--address", "auto"): "need --executor ray",
-        ("--executor", "spark"): "unknown --executor 'spark' (choose local or ray)",
+        ("--executor", "spark"): "Invalid value for '--executor'",
         ("--executor", "ray", "--gpus-per-worker", "1"): "--gpus-per-worker 1 but the Ray "
         "cluster has 0 GPU(s); use --gpus-per-worker 0 to run the encoders on CPU",
     }

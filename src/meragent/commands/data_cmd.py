@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from meragent.commands.choices import MediaOption, SynthAudio
 from meragent.commands.errors import friendly_errors
 
 if TYPE_CHECKING:
@@ -15,20 +15,6 @@ if TYPE_CHECKING:
     from meragent.schema import Clip
 
 app = typer.Typer(help="Check clip sources and make synthetic clips.", no_args_is_help=True)
-
-
-class MediaOption(StrEnum):
-    """Whether a row needs media to be usable (see ``meragent.data.manifest``)."""
-
-    required = "required"
-    optional = "optional"
-
-
-class SynthAudio(StrEnum):
-    """What the synthetic clips' audio track holds."""
-
-    speech = "speech"
-    tone = "tone"
 
 
 @app.command("check")

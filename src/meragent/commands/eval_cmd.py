@@ -8,12 +8,12 @@ no prediction (scored as wrong/empty, counted as ``missing predictions``), 2 unu
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from meragent.commands.choices import Grouping, Parse, Scope
 from meragent.commands.errors import fail, friendly_errors
 
 if TYPE_CHECKING:
@@ -29,23 +29,6 @@ app = typer.Typer(
 OV_LABELS_FILE = "openset_labels.csv"
 GPT_GROUPS_FILE = "gpt_synonym_groups.json"
 BUNDLED_ENCODER = "bundled:minilm"
-
-
-class Grouping(StrEnum):
-    """Synonym grouping used by ``eval ov``."""
-
-    identity = "identity"
-    cached = "cached"
-    embedding = "embedding"
-    llm = "llm"
-    wheel = "wheel"
-
-
-class Parse(StrEnum):
-    """How open-set list strings are read."""
-
-    proper = "proper"
-    mertools = "mertools"
 
 
 GtOption = Annotated[Path, typer.Option("--gt", help="Ground-truth CSV.")]
@@ -70,13 +53,6 @@ EncoderOption = Annotated[
         "(default: the profile grouper's model, else bundled:minilm).",
     ),
 ]
-
-
-class Scope(StrEnum):
-    """Where the embedding grouper clusters: within each sample or over all labels at once."""
-
-    sample = "sample"
-    global_ = "global"
 
 
 ScopeOption = Annotated[

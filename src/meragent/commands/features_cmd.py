@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from meragent.commands.choices import Device, Precision, SubtitleLanguage
 from meragent.commands.errors import friendly_errors
 from meragent.config import load_settings
 
@@ -39,17 +40,17 @@ def extract(
         typer.Option(help="Cache folder name (default: MERTools-style <model>-UTT)."),
     ] = None,
     subtitle_language: Annotated[
-        str | None,
+        SubtitleLanguage | None,
         typer.Option(
             help="Text encoders: read the 'chinese' (zh) or 'english' (en) transcript column "
             "(MER transcripts have both; default: the first subtitle column, Chinese for MER)."
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
+        Device | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
     ] = None,
     precision: Annotated[
-        str | None,
+        Precision | None,
         typer.Option(
             help="auto|fp32|bf16 for HuBERT/wav2vec2, CLIP and HF text encoders (default: the "
             "settings'; auto = bf16 where the CPU/GPU has it). bf16 is recorded in the folder."

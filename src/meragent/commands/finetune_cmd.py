@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from meragent.commands.choices import ExportFormat, Grouper, Language, Modality, Precision
 from meragent.commands.errors import friendly_errors
 
 app = typer.Typer(
@@ -21,42 +21,6 @@ app = typer.Typer(
 DEFAULT_BASE = "bundled:smollm2-135m"
 
 
-class ModalityChoice(StrEnum):
-    """What the model reads: the written description, or the clip itself."""
-
-    text = "text"
-    video = "video"
-
-
-class LanguageChoice(StrEnum):
-    """Which description language(s) become examples."""
-
-    english = "english"
-    chinese = "chinese"
-    both = "both"
-
-
-class GrouperChoice(StrEnum):
-    """Synonym grouping used to score predictions."""
-
-    embedding = "embedding"
-    llm = "llm"
-
-
-class PrecisionChoice(StrEnum):
-    """Arithmetic of training and generation: bf16 autocast where the hardware has it."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class ExportFormat(StrEnum):
-    """Dataset formats ``finetune export`` writes."""
-
-    sharegpt = "sharegpt"
-
-
 DataOption = Annotated[
     Path,
     typer.Option(
@@ -64,7 +28,7 @@ DataOption = Annotated[
     ),
 ]
 LanguageOption = Annotated[
-    LanguageChoice, typer.Option("--language", help="Description language(s) to use.")
+    Language, typer.Option("--language", help="Description language(s) to use.")
 ]
 FoldsOption = Annotated[int, typer.Option("--folds", help="Number of folds (split by name).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Seed for the split and training.")]
@@ -92,8 +56,8 @@ def lora(
         typer.Option("--out", help="Output folder (default: <home>/runs/finetune-lora)."),
     ] = None,
     modality: Annotated[
-        ModalityChoice, typer.Option("--modality", help="text: description -> labels; video.")
-    ] = ModalityChoice.text,
+        Modality, typer.Option("--modality", help="text: description -> labels; video.")
+    ] = Modality.text,
     folds: FoldsOption = 5,
     fold: Annotated[
         int | None, typer.Option("--fold", help="Run only this fold (0-based); default all.")
@@ -108,7 +72,7 @@ def lora(
     eval_limit: Annotated[
         int | None, typer.Option("--eval-limit", help="Score at most N held-out samples/fold.")
     ] = None,
-    language: LanguageOption = LanguageChoice.english,
+    language: LanguageOption = Language.english,
     max_length: Annotated[
         int, typer.Option("--max-length", help="Token budget of prompt + answer.")
     ] = 512,
@@ -139,13 +103,13 @@ def lora(
         typer.Option("--encoder", help="Grouper's sentence encoder (bundled:minilm, id, none)."),
     ] = "bundled:minilm",
     grouper: Annotated[
-        GrouperChoice,
+        Grouper,
         typer.Option(
             "--grouper",
             help="Synonym grouping for scoring: embedding (offline) or llm (the profile's "
             "reasoning LLM, e.g. an OpenAI-compatible server).",
         ),
-    ] = GrouperChoice.embedding,
+    ] = Grouper.embedding,
     profile: Annotated[
         str | None, typer.Option("--profile", help="Profile for --grouper llm.")
     ] = None,
@@ -169,13 +133,13 @@ def lora(
         int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's).")
     ] = None,
     precision: Annotated[
-        PrecisionChoice,
+        Precision,
         typer.Option(
             "--precision",
             help="auto (bf16 on a CPU with avx512_bf16/AMX or a bf16 GPU, else fp32), fp32, "
             "bf16 (autocast; weights and optimizer stay fp32).",
         ),
-    ] = PrecisionChoice.auto,
+    ] = Precision.auto,
     samples: Annotated[
         int,
         typer.Option(
@@ -274,7 +238,7 @@ def export(
     fmt: Annotated[
         ExportFormat, typer.Option("--format", help="Dataset format.")
     ] = ExportFormat.sharegpt,
-    language: LanguageOption = LanguageChoice.english,
+    language: LanguageOption = Language.english,
     folds: FoldsOption = 5,
     seed: SeedOption = 0,
 ) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from meragent.commands.choices import Augment, Device, FusionModel, Valence
 from meragent.commands.errors import friendly_errors
 from meragent.errors import ConfigError
 
@@ -61,7 +62,7 @@ SearchOpt = Annotated[int, typer.Option(min=1, help="Hyper-parameter combination
 EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs per fold (best held-out epoch kept).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of folds, draws, weights and batch order.")]
 ModelOpt = Annotated[
-    str,
+    FusionModel,
     typer.Option(
         "--model",
         help="Architecture: attention (MER2024 Eq. 1-3) or mertools_attention (MERTools' release).",
@@ -95,12 +96,12 @@ ModalityDropoutOpt = Annotated[
     ),
 ]
 ValenceOpt = Annotated[
-    str, typer.Option(help="Valence head: auto (when labels have valence), on or off.")
+    Valence, typer.Option(help="Valence head: auto (when labels have valence), on or off.")
 ]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda or auto (default: settings).")]
+DeviceOpt = Annotated[Device | None, typer.Option(help="cpu, cuda or auto (default: settings).")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")]
 AugmentOpt = Annotated[
-    str | None,
+    Augment | None,
     typer.Option(
         help="'corrupt': also train on features of corrupted copies (--augment-features)."
     ),
@@ -257,7 +258,7 @@ def train(
     search: SearchOpt = 50,
     epochs: EpochsOpt = 100,
     seed: SeedOpt = 0,
-    model: ModelOpt = "attention",
+    model: ModelOpt = FusionModel.attention,
     features: FeaturesOpt = None,
     hidden: HiddenOpt = "64,128,256",
     lr: LrOpt = "1e-3,1e-4",
@@ -268,7 +269,7 @@ def train(
     modality_dropout: ModalityDropoutOpt = 0.0,
     augment: AugmentOpt = None,
     augment_features: AugmentFeaturesOpt = None,
-    valence: ValenceOpt = "auto",
+    valence: ValenceOpt = Valence.auto,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     split: SplitOpt = None,
@@ -423,7 +424,7 @@ def pseudo_label(
     search: SearchOpt = 50,
     epochs: EpochsOpt = 100,
     seed: SeedOpt = 0,
-    model: ModelOpt = "attention",
+    model: ModelOpt = FusionModel.attention,
     features: FeaturesOpt = None,
     hidden: HiddenOpt = "64,128,256",
     lr: LrOpt = "1e-3,1e-4",
@@ -432,7 +433,7 @@ def pseudo_label(
     patience: PatienceOpt = None,
     pca_dim: PcaOpt = None,
     modality_dropout: ModalityDropoutOpt = 0.0,
-    valence: ValenceOpt = "auto",
+    valence: ValenceOpt = Valence.auto,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     data_root: DataRootOpt = None,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from meragent.commands.choices import Executor, Precision, Track
 from meragent.commands.errors import fail, friendly_errors, say
 from meragent.config import load_settings
 from meragent.secrets import scrub_data
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
     from meragent.graphs.batch import BatchSummary
 
 TRACK_HELP = "What to answer: ov (open-vocabulary labels), semi / noise (six-class), or all."
-TrackOption = Annotated[str, typer.Option(help=TRACK_HELP)]
+TrackOption = Annotated[Track, typer.Option(help=TRACK_HELP)]
 PrecisionOption = Annotated[
-    str | None,
+    Precision | None,
     typer.Option(
         help="auto|fp32|bf16 for the encoders (default: the settings', MERAGENT_PRECISION or the "
         "profile's; auto = bf16 where the CPU/GPU has it). Recorded in the run."
@@ -107,7 +108,7 @@ def run_command(
             help="A video/audio file, a one-clip manifest, or MANIFEST#CLIP_ID (or #ROW)."
         ),
     ],
-    track: TrackOption = "all",
+    track: TrackOption = Track.all,
     profile: ProfileOption = None,
     precision: PrecisionOption = None,
     as_json: Annotated[
@@ -142,7 +143,7 @@ def batch_command(
         int, typer.Option(help="Clips processed at the same time (threads).", min=1)
     ] = 1,
     track: Annotated[
-        str | None,
+        Track | None,
         typer.Option(help=f"{TRACK_HELP} Default: the run's own track, or all for a new run."),
     ] = None,
     resume: Annotated[
@@ -170,12 +171,12 @@ def batch_command(
         ),
     ] = None,
     executor: Annotated[
-        str,
+        Executor,
         typer.Option(
             help="Where clips run: local (threads in this process) or ray (a Ray Data pipeline "
             "over a Ray cluster; needs meragent\\[ray])."
         ),
-    ] = "local",
+    ] = Executor.local,
     address: Annotated[
         str | None,
         typer.Option(
