@@ -127,3 +127,20 @@ def test_real_wheels_match_the_official_vocabulary_sizes(wheel_dir: Path, ov332:
     assert (perfect.level1, perfect.level2, perfect.average) == (1.0, 1.0, 1.0)
     nothing = score_wheel(gt, {}, wheel_dir, vocabulary=vocab)
     assert nothing.average == 0.0 and nothing.n_missing_predictions == 332
+
+
+def test_a_short_wheel_row_is_forward_filled_not_a_crash(tiny_wheels: Path) -> None:
+    # A row that ends early (trailing empty cells dropped by an editor) reads as blanks, which
+    # repeat the column above, as in a full row; before, the missing cell was None -> crash.
+    short = "level1,level2,level3\nJoy,Happy,Cheerful\n,,Content\n,Proud,Confident\nSad\n,,Glum\n"
+    (tiny_wheels / "wheel3.csv").write_text(short, encoding="utf-8")
+    vocabulary = load_wheel_vocabulary(tiny_wheels)
+    grouper = get_grouper("wheel", wheel_dir=tiny_wheels, wheel="wheel3", level="level2")
+    assert vocabulary is not None
+    assert grouper.group_ids("s", ["happy", "proud"]) == ["happy", "proud"]
+
+
+def test_a_missing_wheel_file_is_named_as_one(tiny_wheels: Path) -> None:
+    (tiny_wheels / "word_forms.csv").unlink()
+    with pytest.raises(DataError, match=r"emotion-wheel file not found: .*word_forms\.csv"):
+        load_wheel_vocabulary(tiny_wheels)

@@ -9,13 +9,12 @@ ignored and counted.
 
 from __future__ import annotations
 
-import csv
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from meragent.errors import DataError
+from meragent.eval.csv_rows import read_rows
 from meragent.eval.grouping import Grouper
 from meragent.eval.ov import OVReport, score_ov
 from meragent.eval.parsing import OpenSetParseError, ParseMode, mertools2025_list, parse_openset
@@ -48,22 +47,6 @@ class _Problems:
             raise DataError(f"{self.path}: {self.items[0]}{more}")
 
 
-def _read_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    try:
-        handle = path.open(newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: {columns})")
-        reader.fieldnames = columns
-        for row in reader:
-            yield reader.line_num, {k: (v or "") for k, v in row.items() if k is not None}
-
-
 def _check_name(name: str, line: int, first_line: dict[str, int], problems: _Problems) -> bool:
     if not name:
         problems.add(line, "empty name")
@@ -87,7 +70,7 @@ def read_openset_csv(
     problems = _Problems(path)
     first_line: dict[str, int] = {}
     table: dict[str, list[str]] = {}
-    for line, row in _read_rows(path, ("name", column)):
+    for line, row in read_rows(path, ("name", column)):
         name = row["name"].strip()
         if not _check_name(name, line, first_line, problems):
             continue
@@ -113,7 +96,7 @@ def read_discrete_csv(path: str | Path) -> dict[str, DiscreteRow]:
     problems = _Problems(path)
     first_line: dict[str, int] = {}
     table: dict[str, DiscreteRow] = {}
-    for line, row in _read_rows(path, ("name", "discrete")):
+    for line, row in read_rows(path, ("name", "discrete")):
         name = row["name"].strip()
         if not _check_name(name, line, first_line, problems):
             continue

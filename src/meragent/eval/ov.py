@@ -27,6 +27,17 @@ class OVReport(OVScores):
     grouping: str = "identity"
 
 
+def set_precision_recall(truth: set[str], predicted: set[str]) -> tuple[float, float]:
+    """One sample's share of predicted groups that are true, and of true groups predicted.
+
+    An empty prediction scores (0, 0); ``truth`` must not be empty (such samples are skipped).
+    """
+    if not predicted:
+        return 0.0, 0.0
+    overlap = len(truth & predicted)
+    return overlap / len(predicted), overlap / len(truth)
+
+
 def score_ov(
     gt: Mapping[str, Sequence[str]],
     pred: Mapping[str, Sequence[str]],
@@ -49,14 +60,10 @@ def score_ov(
             skipped += 1
             continue
         missing += predicted is None
-        if not pred_ids:
-            empty += 1
-            accuracy.append(0.0)
-            recall.append(0.0)
-            continue
-        overlap = len(truth_ids & pred_ids)
-        accuracy.append(overlap / len(pred_ids))
-        recall.append(overlap / len(truth_ids))
+        empty += not pred_ids
+        sample_accuracy, sample_recall = set_precision_recall(truth_ids, pred_ids)
+        accuracy.append(sample_accuracy)
+        recall.append(sample_recall)
     # np.mean, as the organisers' scorer, so numbers match theirs to the last bit.
     mean_accuracy = float(np.mean(accuracy)) if accuracy else 0.0
     mean_recall = float(np.mean(recall)) if recall else 0.0

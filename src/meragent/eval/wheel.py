@@ -20,8 +20,7 @@ over samples and F = 2PR / (P + R). Scores are averaged over the five wheels per
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +28,16 @@ import numpy as np
 from pydantic import BaseModel
 
 from meragent.errors import DataError
+from meragent.eval.csv_rows import read_rows
 from meragent.eval.grouping import register_grouper
+from meragent.eval.ov import set_precision_recall
 from meragent.eval.parsing import mertools2025_list
 
 WHEELS: tuple[str, ...] = ("wheel1", "wheel2", "wheel3", "wheel4", "wheel5")
 LEVELS: tuple[str, ...] = ("level1", "level2")
 SYNONYM_RUNS = 8
+#: How a missing wheel file is named in the error.
+WHEEL_FILE = "emotion-wheel file"
 WORD_FORMS_FILE = "word_forms.csv"
 SYNONYMS_FILE = "synonyms.csv"
 
@@ -146,13 +149,9 @@ def _score_one(
             skipped += 1
             continue
         pred_ids = _clusters(pred.get(name, ()), vocab, wheel, level)
-        if not pred_ids:
-            precision.append(0.0)
-            recall.append(0.0)
-            continue
-        overlap = len(truth_ids & pred_ids)
-        precision.append(overlap / len(pred_ids))
-        recall.append(overlap / len(truth_ids))
+        sample_precision, sample_recall = set_precision_recall(truth_ids, pred_ids)
+        precision.append(sample_precision)
+        recall.append(sample_recall)
     p = float(np.mean(precision)) if precision else 0.0
     r = float(np.mean(recall)) if recall else 0.0
     # The original divides unguarded (NaN when P = R = 0); 0 is the meaningful value.
@@ -178,19 +177,6 @@ def _mean_over_wheels(
 # --------------------------------------------------------------------------- file readers
 
 
-def _rows(path: Path, columns: Sequence[str]) -> Iterator[dict[str, str]]:
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"emotion-wheel file not found: {path}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-        yield from reader
-
-
 WheelTree = dict[str, dict[str, list[str]]]
 
 
@@ -198,7 +184,7 @@ def _read_wheel(path: Path) -> WheelTree:
     # Blank cells repeat the last non-blank value of their column (the original's forward fill).
     tree: WheelTree = {}
     level1 = level2 = level3 = ""
-    for row in _rows(path, (*LEVELS, "level3")):
+    for _, row in read_rows(path, (*LEVELS, "level3"), what=WHEEL_FILE):
         level1 = row["level1"] if row["level1"] != "" else level1
         level2 = row["level2"] if row["level2"] != "" else level2
         level3 = row["level3"] if row["level3"] != "" else level3
@@ -233,7 +219,7 @@ def _wheel_words(wheels: Mapping[str, WheelTree]) -> set[str]:
 
 def _read_form_to_words(path: Path) -> dict[str, list[str]]:
     form_to_words: dict[str, list[str]] = {}
-    for row in _rows(path, ("name", "format")):
+    for _, row in read_rows(path, ("name", "format"), what=WHEEL_FILE):
         word = row["name"]
         for form in mertools2025_list(row["format"]):
             form_to_words.setdefault(form, []).append(word)
@@ -243,7 +229,7 @@ def _read_form_to_words(path: Path) -> dict[str, list[str]]:
 
 def _read_synonym_runs(path: Path, wheel_words: set[str]) -> dict[str, list[str]]:
     merged: dict[str, set[str]] = {}
-    for line, row in enumerate(_rows(path, _synonym_columns()), start=2):
+    for line, row in read_rows(path, _synonym_columns(), what=WHEEL_FILE):
         for run in range(1, SYNONYM_RUNS + 1):
             word = row[f"word_run{run}"].strip().lower()
             if not word:
