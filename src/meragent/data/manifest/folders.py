@@ -37,18 +37,14 @@ def load_video_folder(folder: Path, root: Path, split: str | None, want: Wanted)
     found = Collector(folder.name)
     for video in videos:
         found.add(None, video.stem, partial(_folder_clip, video, folder / "audio", root))
-    return ManifestLoad(
-        layout="folder", source=folder, root=root, clips=found.clips, errors=found.errors
-    )
+    return found.load("folder", folder, root)
 
 
 def load_single_video(path: Path, root: Path, split: str | None, want: Wanted) -> ManifestLoad:
     reject_split(split, "a single video")
     found = Collector()
     found.add(None, path.stem, partial(_folder_clip, path, path.parent / "audio", root))
-    return ManifestLoad(
-        layout="video", source=path, root=root, clips=found.clips, errors=found.errors
-    )
+    return found.load("video", path, root)
 
 
 def _folder_clip(video: Path, audio_dir: Path, root: Path) -> Clip:

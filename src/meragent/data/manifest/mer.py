@@ -83,15 +83,7 @@ def load_mer_processed(
             clip_id = str(raw_name)
             files = _MerFiles(root, [video_dir], audio_dir, want.media)
             found.add(None, clip_id, partial(_mer_clip, clip_id, entry, files, subtitles))
-    return ManifestLoad(
-        layout="mer2024",
-        source=label_file,
-        root=root,
-        split=split,
-        splits=splits,
-        clips=found.clips,
-        errors=found.errors,
-    )
+    return found.load("mer2024", label_file, root, split, splits)
 
 
 def load_mer2023(folder: Path, root: Path, split: str | None, want: Wanted) -> ManifestLoad:
@@ -123,15 +115,7 @@ def load_mer2023(folder: Path, root: Path, split: str | None, want: Wanted) -> M
                 "val": field_text(fields, columns["valence"]) if "valence" in columns else None,
             }
             found.add(record.line, clip_id, partial(_mer_clip, clip_id, entry, files, subtitles))
-    return ManifestLoad(
-        layout="mer2023",
-        source=folder,
-        root=root,
-        split=split,
-        splits=splits,
-        clips=found.clips,
-        errors=found.errors,
-    )
+    return found.load("mer2023", folder, root, split, splits)
 
 
 def _mer_clip(name: Any, entry: Any, files: _MerFiles, subtitles: Transcripts) -> Clip:

@@ -253,6 +253,25 @@ class Collector:
             RowError(row=row, clip_id=clip_id, reason=reason, kind=kind, file=file or self.file)
         )
 
+    def load(
+        self,
+        layout: str,
+        source: Path,
+        root: Path,
+        split: str | None = None,
+        splits: list[str] | None = None,
+    ) -> ManifestLoad:
+        """What a layout read: the clips and errors gathered here, and where they came from."""
+        return ManifestLoad(
+            layout=layout,
+            source=source,
+            root=root,
+            split=split,
+            splits=splits or [],
+            clips=self.clips,
+            errors=self.errors,
+        )
+
 
 def field_text(fields: list[str], index: int) -> str | None:
     """A field as printable text (bad bytes shown as U+FFFD), None when the row is too short."""

@@ -60,9 +60,7 @@ def load_table(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
         if split is not None and values.get("split", "").strip() != split:
             continue
         found.add(record.line, clip_id, partial(_clip_from_fields, values, root, want))
-    return ManifestLoad(
-        layout="csv", source=path, root=root, split=split, clips=found.clips, errors=found.errors
-    )
+    return found.load("csv", path, root, split)
 
 
 def _table_row_problem(header: list[str], record: CsvRecord) -> RowProblem | None:
@@ -98,9 +96,7 @@ def load_jsonl(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
             continue
         clip_id = clean_text(values["name"])
         found.add(line, clip_id, partial(_clip_from_fields, values, root, want))
-    return ManifestLoad(
-        layout="jsonl", source=path, root=root, split=split, clips=found.clips, errors=found.errors
-    )
+    return found.load("jsonl", path, root, split)
 
 
 def _json_records(path: Path, data: bytes, found: Collector) -> Iterator[tuple[int, Any]]:
