@@ -423,3 +423,42 @@ def test_vectors_from_features_extract_are_reused_by_the_tools(
     )
     assert lexical.feature_ref == str(features / f"{tiny_bert.name}-last2-UTT" / f"{clip.id}.npy")
     assert acoustic.data["prosody_ref"] == str(features / PROSODY_FEATURE / f"{clip.id}.npy")
+
+
+def test_ray_graph_stage_ignores_a_vector_made_with_another_recipe(tmp_path: Path) -> None:
+    """An encoder actor whose tool resolved another recipe (bf16 on its GPU, fp32 on the graph
+    actor's CPU) must not have its vector saved under the graph stage's recipe."""
+    from meragent.data.media_types import DecodedMedia
+    from meragent.graphs.ray_stages import (
+        CLIP,
+        EncoderStage,
+        StagedInputs,
+        StagedTool,
+        decode_clip,
+        objects,
+        staging_from_row,
+    )
+    from meragent.tools.lazy import Lazy
+
+    def lexical(folder: str, recipe: FeatureRecipe) -> tuple[LexicalTool, TextEncoderDouble]:
+        encoder = TextEncoderDouble()
+        slot = EncoderSlot(Lazy(lambda: encoder), "text-UTT", "text", recipe=recipe)
+        return LexicalTool(cache=FeatureCache(tmp_path / folder), encoder=slot), encoder
+
+    on_gpu, gpu_encoder = lexical("gpu", FeatureRecipe("text", {"precision": "bf16"}, "text"))
+    on_cpu, cpu_encoder = lexical("cpu", FeatureRecipe("text", {}, "text"))
+    stage = object.__new__(EncoderStage)
+    stage.tools = {"lexical": on_gpu}
+    clip = Clip(id="c", subtitle="some words")
+    media = DecodedMedia(clip_id="c", sample_rate=16000, duration=1.0)
+    row = decode_clip(clip, lambda c: media)
+    batch = {CLIP: objects([clip.model_dump_json()])}
+    batch.update({name: objects([value]) for name, value in row.items()})
+    columns = stage(batch)
+    staged = StagedInputs()
+    staged.put("c", staging_from_row(columns, 0))
+    StagedTool("lexical", on_cpu, staged).analyze(clip, media)
+    assert (gpu_encoder.calls, cpu_encoder.calls) == (1, 1)  # encoded again on the CPU side
+    same, same_encoder = lexical("same", FeatureRecipe("text", {"precision": "bf16"}, "text"))
+    StagedTool("lexical", same, staged).analyze(clip, media)
+    assert same_encoder.calls == 0  # same recipe: the staged vector is used

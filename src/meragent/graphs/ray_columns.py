@@ -66,6 +66,11 @@ def error_column(modality: str) -> str:
     return f"err_{modality}"
 
 
+def recipe_column(modality: str) -> str:
+    """The recipe digest the encoder stage's tool computed the vectors with."""
+    return f"recipe_{modality}"
+
+
 # --------------------------------------------------------------------------- column codecs
 
 
@@ -152,3 +157,11 @@ def row_media(batch: dict[str, np.ndarray], index: int) -> DecodedMedia | None:
         batch[FRAMES][index],
         batch[FRAME_TIMES][index],
     )
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON data, encoded exactly as the trace store would encode it."""
+    from meragent.graphs.trace import dumps
+
+    text = dumps(value)
+    return None if text is None else json.loads(text)

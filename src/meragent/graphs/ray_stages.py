@@ -30,7 +30,7 @@ import numpy as np
 
 from meragent.config import Settings
 from meragent.data.media_types import DecodedMedia
-from meragent.errors import DataError
+from meragent.errors import ConfigError, DataError
 from meragent.graphs.ray_columns import (
     AUDIO,
     CLIP,
@@ -47,9 +47,11 @@ from meragent.graphs.ray_columns import (
     bytes_array,
     error_column,
     error_json,
+    json_safe,
     media_json,
     objects,
     rebuild_error,
+    recipe_column,
     row_media,
     vector_column,
 )
@@ -59,27 +61,8 @@ from meragent.tools.base import BatchableTool, Describer, ModalityTool, ToolSet
 from meragent.tools.encoding import MODALITIES
 from meragent.tools.lazy import shared
 
-__all__ = [
-    "CLIP",
-    "CLIP_ID",
-    "PAYLOAD",
-    "USAGE",
-    "bytes_array",
-    "error_json",
-    "objects",
-    "rebuild_error",
-]
-
 #: ``factory(settings, track=...)`` -> RunDeps; ``graphs.runtime.load_run_deps`` by default.
 RuntimeFactory = Callable[..., RunDeps]
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON data, encoded exactly as the trace store would encode it."""
-    from meragent.graphs.trace import dumps
-
-    text = dumps(value)
-    return None if text is None else json.loads(text)
 
 
 # --------------------------------------------------------------------------- shared context
@@ -192,6 +175,7 @@ class EncoderStage:
             columns[error_column(modality)] = objects(
                 [error_json(o) if isinstance(o, BaseException) else "" for o in outcomes]
             )
+            columns[recipe_column(modality)] = objects([tool.recipe_digest()] * len(items))
         return columns
 
 
@@ -206,6 +190,8 @@ class ClipStaging:
     decode_error: BaseException | None = None
     #: Per modality: the encoder stage's vector, or the error it raised for this clip.
     encoded: dict[str, np.ndarray | BaseException] = field(default_factory=dict)
+    #: Per modality: the recipe digest (model, settings, precision) the vector was made with.
+    recipes: dict[str, str] = field(default_factory=dict)
 
 
 def staging_from_row(batch: dict[str, np.ndarray], index: int) -> ClipStaging:
@@ -215,6 +201,8 @@ def staging_from_row(batch: dict[str, np.ndarray], index: int) -> ClipStaging:
     for modality in MODALITIES:
         if vector_column(modality) not in batch:
             continue
+        if recipe_column(modality) in batch:
+            staging.recipes[modality] = str(batch[recipe_column(modality)][index])
         error = batch[error_column(modality)][index]
         vector = bytes_array(batch[vector_column(modality)][index])
         if error:
@@ -254,6 +242,13 @@ class StagedInputs:
         return staging.media
 
 
+def _digest(tool: BatchableTool) -> str | None:
+    try:
+        return tool.recipe_digest()
+    except ConfigError:  # a tool without an encoder: nothing was staged for it
+        return None
+
+
 @dataclass
 class StagedTool:
     """A toolset tool that, per clip, uses what the earlier stages computed for that clip.
@@ -275,8 +270,12 @@ class StagedTool:
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
         """``finish`` with the encoder stage's vector for this clip (``analyze`` without one)."""
         staging = self.staged.get(clip.id)
-        vector = None if staging is None else staging.encoded.get(self.modality)
         if isinstance(self.inner, BatchableTool):
+            vector = None if staging is None else staging.encoded.get(self.modality)
+            if staging is not None and staging.recipes.get(self.modality) != _digest(self.inner):
+                # The encoder actor's tool resolved another recipe (e.g. bf16 on its GPU, fp32 on
+                # this CPU): its vector would be saved under this tool's recipe. Encode here.
+                vector = None
             call = partial(self.inner.finish, clip, media, vector)
         else:
             call = partial(self.inner.analyze, clip, media)
@@ -344,15 +343,15 @@ class StepCollector:
                 "clip_id": step.clip_id,
                 "node": step.node,
                 "model_id": step.model_id,
-                "prompt": _json_safe(step.prompt),
+                "prompt": json_safe(step.prompt),
                 "raw_output": step.raw_output,
-                "parsed_output": _json_safe(step.parsed_output),
+                "parsed_output": json_safe(step.parsed_output),
                 "latency_s": step.latency_s,
                 "error": step.error,
                 "retries": step.retries,
                 "started_at": step.started_at.isoformat(),
             },
-            "inputs": _json_safe(inputs),
+            "inputs": json_safe(inputs),
         }
         with self._lock:
             self._steps.setdefault(step.clip_id, []).append(entry)
@@ -467,10 +466,10 @@ class GraphStage:
             output = invoke_clip(
                 self.graph, self.context.run_id, clip, checkpointed=False, context=graph_context
             )
-            payload = {"status": "ok", "output": _json_safe(output)}
+            payload = {"status": "ok", "output": json_safe(output)}
         except Exception as exc:  # per-clip isolation, as in the in-process batch
             payload = failure_payload(exc)
-            payload["clip"] = _json_safe(clip)
+            payload["clip"] = json_safe(clip)
         finally:
             self.media.drop(clip.id)
             self.staged.drop(clip.id)

@@ -51,6 +51,8 @@ class BatchableTool(ModalityTool, Protocol):
 
     def save(self, item: EncoderInput, vector: np.ndarray) -> str: ...
 
+    def recipe_digest(self) -> str: ...
+
 
 @runtime_checkable
 class Describer(Protocol):

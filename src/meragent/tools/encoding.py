@@ -71,6 +71,12 @@ class SlotEncoding:
         )
         return str(path)
 
+    def recipe_digest(self) -> str:
+        """What the vectors depend on (model, recipe, precision): equal digests, equal vectors."""
+        recipe = self._slot().recipe
+        assert recipe is not None  # EncoderSlot fills it in
+        return recipe.digest
+
     def encode_batch(self, inputs: list[EncoderInput]) -> list[np.ndarray]:
         """One vector per input, in shared forward passes (loads the model on first use)."""
         if not inputs:
