@@ -130,82 +130,93 @@ def run_command(
         raise typer.Exit(code=1)
 
 
+SourceArgument = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A manifest (CSV/JSONL), a MER data folder or a video folder (with --resume: "
+        "default the run's own)."
+    ),
+]
+ConcurrencyOption = Annotated[
+    int, typer.Option(help="Clips processed at the same time (threads).", min=1)
+]
+RunTrackOption = Annotated[
+    Track | None,
+    typer.Option(help=f"{TRACK_HELP} Default: the run's own track, or all for a new run."),
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue a run: skip clips it already answered.")]
+AllowNewSourceOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-new-source",
+        help="With --resume: continue on a SOURCE other than the run's own (e.g. the same "
+        "clips moved); without it that is refused, as it would mix two datasets.",
+    ),
+]
+LimitOption = Annotated[
+    int | None, typer.Option(help="Only the first N clips of the source.", min=1)
+]
+EncoderBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Clips per encoder call (HuBERT, CLIP, text); default: local executor 8 on a "
+        "GPU and 1 on CPU, Ray 16. Same answers as 1; larger batches use the hardware better.",
+        min=1,
+    ),
+]
+ExecutorOption = Annotated[
+    Executor,
+    typer.Option(
+        help="Where clips run: local (threads in this process) or ray (a Ray Data pipeline "
+        "over a Ray cluster; needs meragent\\[ray])."
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join with --executor ray ('auto' or HOST:PORT); "
+        "default: start a Ray on this machine."
+    ),
+]
+GpusOption = Annotated[
+    float,
+    typer.Option(
+        help="GPUs per encoder worker with --executor ray (fractions allowed); "
+        "0 runs the encoders on CPU.",
+        min=0.0,
+    ),
+]
+LlmUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="OpenAI-compatible server for the LLM roles with --executor ray (repeat it: "
+        "clips are spread over the servers, e.g. one vLLM per GPU)."
+    ),
+]
+
+
 def batch_command(
     run: Annotated[str, typer.Option("--run", help="Run name: outputs go to runs/NAME/.")],
-    source: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A manifest (CSV/JSONL), a MER data folder or a video folder (with --resume: "
-            "default the run's own)."
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option(help="Clips processed at the same time (threads).", min=1)
-    ] = 1,
-    track: Annotated[
-        Track | None,
-        typer.Option(help=f"{TRACK_HELP} Default: the run's own track, or all for a new run."),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue a run: skip clips it already answered.")
-    ] = False,
-    allow_new_source: Annotated[
-        bool,
-        typer.Option(
-            "--allow-new-source",
-            help="With --resume: continue on a SOURCE other than the run's own (e.g. the same "
-            "clips moved); without it that is refused, as it would mix two datasets.",
-        ),
-    ] = False,
+    source: SourceArgument = None,
+    concurrency: ConcurrencyOption = 1,
+    track: RunTrackOption = None,
+    resume: ResumeOption = False,
+    allow_new_source: AllowNewSourceOption = False,
     profile: ProfileOption = None,
     precision: PrecisionOption = None,
-    limit: Annotated[
-        int | None, typer.Option(help="Only the first N clips of the source.", min=1)
-    ] = None,
-    encoder_batch: Annotated[
-        int | None,
-        typer.Option(
-            help="Clips per encoder call (HuBERT, CLIP, text); default: local executor 8 on a "
-            "GPU and 1 on CPU, Ray 16. Same answers as 1; larger batches use the hardware better.",
-            min=1,
-        ),
-    ] = None,
-    executor: Annotated[
-        Executor,
-        typer.Option(
-            help="Where clips run: local (threads in this process) or ray (a Ray Data pipeline "
-            "over a Ray cluster; needs meragent\\[ray])."
-        ),
-    ] = Executor.local,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="Ray cluster to join with --executor ray ('auto' or HOST:PORT); "
-            "default: start a Ray on this machine."
-        ),
-    ] = None,
-    gpus_per_worker: Annotated[
-        float,
-        typer.Option(
-            help="GPUs per encoder worker with --executor ray (fractions allowed); "
-            "0 runs the encoders on CPU.",
-            min=0.0,
-        ),
-    ] = 0.0,
-    llm_url: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="OpenAI-compatible server for the LLM roles with --executor ray (repeat it: "
-            "clips are spread over the servers, e.g. one vLLM per GPU)."
-        ),
-    ] = None,
+    limit: LimitOption = None,
+    encoder_batch: EncoderBatchOption = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
+    gpus_per_worker: GpusOption = 0.0,
+    llm_url: LlmUrlOption = None,
 ) -> None:
     """Run every clip of SOURCE; write MER submission CSVs, results.parquet and errors.csv.
 
     Exit code 0 when every clip is ok, 1 when some clip failed or was degraded or some source
     row was unusable (errors.csv lists them), 2 for a usage or configuration error.
     """
-    from meragent.graphs.batch import BatchOptions, run_batch
+    from meragent.graphs.batch import BatchOptions
 
     if source is None and not resume:
         raise fail("give the SOURCE to run (only --resume can take the run's own)")
@@ -218,25 +229,31 @@ def batch_command(
         allow_new_source=allow_new_source,
         encoder_batch=encoder_batch,
     )
-    if executor == "ray":
-        from meragent.graphs.ray_executor import RayOptions, run_batch_ray
-
-        ray_options = RayOptions(
-            address=address,
-            gpus_per_worker=gpus_per_worker,
-            llm_urls=tuple(llm_url or ()),
-            encoder_batch_size=encoder_batch or RayOptions.encoder_batch_size,
-        )
-        summary = run_batch_ray(settings, source, run, options, ray_options)
-    elif executor == "local":
-        if address is not None or gpus_per_worker or llm_url:
-            raise fail("--address, --gpus-per-worker and --llm-url need --executor ray")
-        summary = run_batch(settings, source, run, options)
-    else:
-        raise fail(f"unknown --executor {executor!r} (choose local or ray)")
+    ray = {"address": address, "gpus_per_worker": gpus_per_worker, "llm_urls": tuple(llm_url or ())}
+    summary = _run_batch_on(executor, settings, source, run, options, ray)
     _print_summary(summary)
     if summary.exit_code:
         raise typer.Exit(code=summary.exit_code)
+
+
+def _run_batch_on(
+    executor: Executor, settings: Any, source: Path | None, run: str, options: Any,
+    ray: dict[str, Any],
+) -> BatchSummary:  # fmt: skip
+    """The batch on the chosen executor (Ray options only with ``--executor ray``)."""
+    if executor == "ray":
+        from meragent.graphs.ray_executor import RayOptions, run_batch_ray
+
+        batch_size = options.encoder_batch or RayOptions.encoder_batch_size
+        ray_options = RayOptions(**ray, encoder_batch_size=batch_size)
+        return run_batch_ray(settings, source, run, options, ray_options)
+    if executor == "local":
+        from meragent.graphs.batch import run_batch
+
+        if ray["address"] is not None or ray["gpus_per_worker"] or ray["llm_urls"]:
+            raise fail("--address, --gpus-per-worker and --llm-url need --executor ray")
+        return run_batch(settings, source, run, options)
+    raise fail(f"unknown --executor {executor!r} (choose local or ray)")
 
 
 def demo_command(
