@@ -160,6 +160,26 @@ def clip_rng(seed: int, clip_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(clip_id.encode("utf-8"))])
 
 
+def _mix_noise(
+    clip_id: str,
+    clean: np.ndarray | None,
+    noise: NoisePool,
+    rng: np.random.Generator,
+    snr_db: float,
+    flags: list[str],
+) -> tuple[np.ndarray | None, list[str], float]:
+    """(noisy audio or None, noise files used, gain) for ``clean``; appends its flags."""
+    if clean is None or not clean.size:
+        return None, [], 1.0
+    segment, used = noise.segment(clean.size, rng, exclude=clip_id)
+    result = mix_at_snr(clean, segment, snr_db)
+    if rms(clean) == 0.0:
+        flags.append("silent_audio")
+    if result.gain < 1.0:
+        flags.append("rescaled")
+    return result.audio, used, result.gain
+
+
 def corrupt_clip(
     clip: Clip,
     out_path: Path,
@@ -190,17 +210,7 @@ def corrupt_clip(
             raise
         clean = None
         flags.append("no_audio")
-    mixed: np.ndarray | None = None
-    used: list[str] = []
-    gain = 1.0
-    if clean is not None and clean.size:
-        segment, used = noise.segment(clean.size, rng, exclude=clip.id)
-        result = mix_at_snr(clean, segment, snr_db)
-        mixed, gain = result.audio, result.gain
-        if rms(clean) == 0.0:
-            flags.append("silent_audio")
-        if gain < 1.0:
-            flags.append("rescaled")
+    mixed, used, gain = _mix_noise(clip.id, clean, noise, rng, snr_db, flags)
     if not has_video:
         flags.append("no_video")
     out_path.parent.mkdir(parents=True, exist_ok=True)

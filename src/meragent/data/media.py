@@ -65,22 +65,9 @@ def decode_media(
     _check_readable_file(path, clip_id)
     has_video, has_audio, container_duration = _probe_streams(path, clip_id)
     flags: list[str] = []
-
-    frames = frame_times = None
-    fps = None
-    video_duration = 0.0
-    if has_video:
-        sampled, fps, video_duration = _sample_video(path, clip_id, num_frames)
-        if sampled is None:
-            # A video stream whose data is gone (cut-off file): keep whatever audio there is.
-            flags.extend(["no_video", "truncated"])
-        else:
-            frames, frame_times = sampled.frames, sampled.times
-            if sampled.truncated:
-                flags.append("truncated")
-    else:
-        flags.append("no_video")
-
+    frames, frame_times, fps, video_duration = _decode_frames(
+        path, clip_id, has_video, num_frames, flags
+    )
     audio, audio_truncated, audio_flags = _decode_clip_audio(
         path, clip_id, has_audio, audio_path, sample_rate, max_audio_s
     )
@@ -104,6 +91,23 @@ def decode_media(
         fps=fps,
         flags=flags,
     )
+
+
+def _decode_frames(
+    path: Path, clip_id: str, has_video: bool, num_frames: int, flags: list[str]
+) -> tuple[np.ndarray | None, np.ndarray | None, float | None, float]:
+    """(frames, frame_times, fps, video duration) of ``path``; appends its flags to ``flags``."""
+    if not has_video:
+        flags.append("no_video")
+        return None, None, None, 0.0
+    sampled, fps, video_duration = _sample_video(path, clip_id, num_frames)
+    if sampled is None:
+        # A video stream whose data is gone (cut-off file): keep whatever audio there is.
+        flags.extend(["no_video", "truncated"])
+        return None, None, fps, video_duration
+    if sampled.truncated:
+        flags.append("truncated")
+    return sampled.frames, sampled.times, fps, video_duration
 
 
 def read_audio(
