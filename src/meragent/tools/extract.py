@@ -344,6 +344,83 @@ def _check_options(batch_size: int, device: str | None) -> None:
         raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
 
 
+def _announced_extractor(
+    settings: Settings,
+    encoder: str,
+    device: str | None,
+    layers: int | None,
+    precision: str | None,
+) -> Extractor:
+    """Build ``encoder``'s extractor; say the precision once when it is a neural model."""
+    device_name = resolve_device(device or settings.device)
+    wanted = precision or settings.precision
+    resolved = resolve_precision(wanted, device_name)
+    extractor = build_extractor(settings, encoder, device_name, layers=layers, precision=resolved)
+    if extractor.model_id not in ("prosody", "fer") and not extractor.model_id.startswith(
+        "bundled:"
+    ):
+        announce_precision(wanted, device_name)
+    return extractor
+
+
+@dataclass
+class _ExtractRun:
+    """One extraction pass: groups inputs into batches, saves vectors, counts and reports."""
+
+    extractor: Extractor
+    cache: FeatureCache
+    total: int
+    done: int
+    progress: Callable[[int, int], None] | None
+    extracted: int = 0
+    failures: list[ClipFailure] = field(default_factory=list)
+    batch: list[tuple[Clip, SourceStamp | None, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def encode_all(
+        self, todo: list[tuple[Clip, SourceStamp | None]], settings: Settings, batch_size: int
+    ) -> None:
+        for clip, stamp in todo:
+            try:
+                item = load_input(clip, self.extractor.needs, settings)
+            except CLIP_FAILURES as exc:
+                self.fail(clip, "decode", first_line(exc))
+                continue
+            self.batch.append((clip, stamp, item))
+            if len(self.batch) >= batch_size:
+                self.flush()
+        if self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        extractor = self.extractor
+        sources = {clip.id: stamp for clip, stamp, _ in self.batch}
+        pairs = [(clip, item) for clip, _, item in self.batch]
+        self.batch.clear()
+        for clip, vector, error in _encode_isolating(extractor, pairs):
+            if vector is None:
+                self.fail(clip, "encode", error or "failed")
+                continue
+            stamp = sources[clip.id]
+            self.cache.save(
+                extractor.feature, clip.id, vector, source=stamp, recipe=extractor.recipe
+            )
+            self.extracted += 1
+            self.step()
+
+    def fail(self, clip: Clip, stage: str, reason: str) -> None:
+        self.failures.append(ClipFailure(clip_id=clip.id, stage=stage, reason=reason))
+        self.step()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
 def extract_features(
     settings: Settings,
     source: Path | str,
@@ -368,14 +445,7 @@ def extract_features(
     from meragent.data.manifest import MediaPolicy, load_manifest
 
     _check_options(batch_size, device)
-    device_name = resolve_device(device or settings.device)
-    wanted = precision or settings.precision
-    resolved = resolve_precision(wanted, device_name)
-    extractor = build_extractor(settings, encoder, device_name, layers=layers, precision=resolved)
-    if extractor.model_id not in ("prosody", "fer") and not extractor.model_id.startswith(
-        "bundled:"
-    ):
-        announce_precision(wanted, device_name)
+    extractor = _announced_extractor(settings, encoder, device, layers, precision)
     # A text encoder reads only the subtitle: rows without media (MERTools labels) are clips.
     media: MediaPolicy = "optional" if extractor.needs == "text" else "required"
     loaded = load_manifest(
@@ -387,48 +457,9 @@ def extract_features(
     cache = FeatureCache(settings.features_dir)
     cache.check_recipe(extractor.feature, extractor.recipe)  # another model's folder: stop now
     plan = _plan(clips, cache, extractor)
-    done = plan.cached
-    if progress:
-        progress(done, len(clips))
-    failures: list[ClipFailure] = []
-    extracted = 0
-    batch: list[tuple[Clip, SourceStamp | None, Any]] = []
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, len(clips))
-
-    def flush() -> None:
-        nonlocal extracted
-        sources = {clip.id: stamp for clip, stamp, _ in batch}
-        pairs = [(clip, item) for clip, _, item in batch]
-        for clip, vector, error in _encode_isolating(extractor, pairs):
-            if vector is None:
-                failures.append(
-                    ClipFailure(clip_id=clip.id, stage="encode", reason=error or "failed")
-                )
-            else:
-                stamp = sources[clip.id]
-                cache.save(
-                    extractor.feature, clip.id, vector, source=stamp, recipe=extractor.recipe
-                )
-                extracted += 1
-            step()
-        batch.clear()
-
-    for clip, stamp in plan.todo:
-        try:
-            batch.append((clip, stamp, load_input(clip, extractor.needs, settings)))
-        except CLIP_FAILURES as exc:
-            failures.append(ClipFailure(clip_id=clip.id, stage="decode", reason=first_line(exc)))
-            step()
-            continue
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
+    run = _ExtractRun(extractor, cache, len(clips), plan.cached, progress)
+    run.encode_all(plan.todo, settings, batch_size)
+    failures = run.failures
     failures_path = _write_failures(
         settings.features_dir / f"{extractor.feature}.failures.jsonl", failures
     )
@@ -437,7 +468,7 @@ def extract_features(
         model_id=extractor.model_id,
         total=len(clips),
         cached=plan.cached,
-        extracted=extracted,
+        extracted=run.extracted,
         stale=plan.stale,
         failures=failures,
         manifest_errors=[str(error) for error in loaded.errors],

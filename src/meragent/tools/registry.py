@@ -240,51 +240,11 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
 
     # YuNet keeps per-instance input-size state, so each tool gets its own detector.
     detector: Lazy[Any] = Lazy(load_detector)
-    slot: EncoderSlot | None = None
-    if visual.backend == "clip":
-        model = _require_model("visual_encoder", visual)
-        dtype = str(visual.options.get("dtype", "float32"))
-        feature = role_feature_name(visual, model)
-        precision = _precision(settings)
-        recipe = clip_recipe(
-            model,
-            frames=settings.num_frames,
-            detector=detector_identity(yunet),
-            precision=precision,
-        )
-        cache.check_recipe(feature, recipe)
-
-        def load_clip() -> Any:
-            from meragent.tools.clip_encoder import load_clip_encoder
-
-            return load_clip_encoder(
-                model,
-                device=_device(settings),
-                dtype=dtype,
-                precision=_announced_precision(settings),
-            )
-
-        holder = shared(("clip", model, dtype, settings.device, precision), load_clip)
-        head = head_holder(settings, visual, feature)
-        slot = EncoderSlot(holder, feature, model, head, recipe=recipe)
+    slot = _clip_slot(settings, visual, yunet, cache) if visual.backend == "clip" else None
     fer: Lazy[Any] | None = None
     expression_recipe: FeatureRecipe | None = None
     if expression.backend == "fer":
-        fer_path = expression.model
-        if fer_path and not Path(fer_path).expanduser().is_file():
-            raise ModelLoadError("facial_expression", fer_path, "path does not exist")
-
-        def load_fer() -> Any:
-            from meragent.tools.facial_expression import load_fer_classifier
-
-            return load_fer_classifier(fer_path)
-
-        fer = shared(("fer", fer_path), load_fer)
-        expression_recipe = fer_recipe(
-            str(Path(fer_path).expanduser().resolve()) if fer_path else None,
-            settings.num_frames,
-            detector_identity(yunet),
-        )
+        fer, expression_recipe = _fer_classifier(settings, expression, yunet)
     return VisualTool(
         cache=cache,
         detector=detector,
@@ -292,6 +252,58 @@ def build_visual_tool(settings: Settings, cache: FeatureCache) -> VisualTool:
         expression=fer,
         expression_recipe=expression_recipe,
     )
+
+
+def _clip_slot(
+    settings: Settings, visual: RoleConfig, yunet: str | None, cache: FeatureCache
+) -> EncoderSlot:
+    """The CLIP image encoder of the visual tool (shared loader, head, checked recipe)."""
+    model = _require_model("visual_encoder", visual)
+    dtype = str(visual.options.get("dtype", "float32"))
+    feature = role_feature_name(visual, model)
+    precision = _precision(settings)
+    recipe = clip_recipe(
+        model,
+        frames=settings.num_frames,
+        detector=detector_identity(yunet),
+        precision=precision,
+    )
+    cache.check_recipe(feature, recipe)
+
+    def load_clip() -> Any:
+        from meragent.tools.clip_encoder import load_clip_encoder
+
+        return load_clip_encoder(
+            model,
+            device=_device(settings),
+            dtype=dtype,
+            precision=_announced_precision(settings),
+        )
+
+    holder = shared(("clip", model, dtype, settings.device, precision), load_clip)
+    head = head_holder(settings, visual, feature)
+    return EncoderSlot(holder, feature, model, head, recipe=recipe)
+
+
+def _fer_classifier(
+    settings: Settings, expression: RoleConfig, yunet: str | None
+) -> tuple[Lazy[Any], FeatureRecipe]:
+    """The facial-expression classifier (shared loader) and its recipe."""
+    fer_path = expression.model
+    if fer_path and not Path(fer_path).expanduser().is_file():
+        raise ModelLoadError("facial_expression", fer_path, "path does not exist")
+
+    def load_fer() -> Any:
+        from meragent.tools.facial_expression import load_fer_classifier
+
+        return load_fer_classifier(fer_path)
+
+    recipe = fer_recipe(
+        str(Path(fer_path).expanduser().resolve()) if fer_path else None,
+        settings.num_frames,
+        detector_identity(yunet),
+    )
+    return shared(("fer", fer_path), load_fer), recipe
 
 
 def build_lexical_tool(settings: Settings, cache: FeatureCache) -> LexicalTool:
