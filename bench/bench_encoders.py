@@ -18,7 +18,8 @@ Results go to ``bench/results/encoders_<device>.json``.
 clips/s at encoder batch 1 and N (issue 12), fp32 and bf16 (autocast, issue 13), and the cosine
 similarity of each clip's pooled bf16 embedding to its fp32 one, on synthetic clips (spoken
 sentences from ``data.synth`` and talking-face frames). Configurations are timed alternately,
-``--repeats`` rounds, median taken, so a shared machine's load slows them alike; the 1-minute
+``--repeats`` rounds (every other one reversed), median taken, so a shared machine's load
+slows them alike; the 1-minute
 load average before and after is recorded. The result is merged into the JSON under
 ``compare_<model>`` keys (other keys are kept)::
 
@@ -221,8 +222,10 @@ def compare(model: str, folder: Path, args: argparse.Namespace) -> dict[str, Any
     times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     vectors: dict[str, list[np.ndarray]] = {}
     load_before = os.getloadavg()[0]
-    for _ in range(args.repeats):
-        for precision, batch in configs:
+    for round_ in range(args.repeats):
+        # Every other round in reverse order, so a load that drifts during the run (a shared
+        # machine) favours no configuration.
+        for precision, batch in configs if round_ % 2 == 0 else configs[::-1]:
             start = time.perf_counter()
             vectors[precision] = run(precision, batch)
             times[(precision, batch)].append(time.perf_counter() - start)
