@@ -15,6 +15,7 @@ import typer
 
 from meragent.commands.choices import Grouping, Parse, Scope
 from meragent.commands.errors import fail, friendly_errors
+from meragent.commands.options import ProfileOption
 
 if TYPE_CHECKING:
     from meragent.config import Settings
@@ -41,9 +42,6 @@ ParseOption = Annotated[
         help="List-string parsing: 'proper' (Python/JSON literal) or 'mertools' (the organisers' "
         "scorer, which splits on every quote, to match leaderboard numbers).",
     ),
-]
-ProfileOption = Annotated[
-    str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
 ]
 EncoderOption = Annotated[
     str | None,

@@ -9,12 +9,36 @@ import typer
 
 from meragent.commands.choices import Device, Precision, SubtitleLanguage
 from meragent.commands.errors import friendly_errors
+from meragent.commands.options import ProfileOption
 from meragent.config import load_settings
 
 if TYPE_CHECKING:
+    from meragent.tools.extract import ExtractReport
     from meragent.tools.feature_cache import FolderInfo
 
 app = typer.Typer(help="Extract and cache per-clip embeddings.", no_args_is_help=True)
+
+EncoderOption = Annotated[
+    str,
+    typer.Option(
+        help="acoustic|visual|lexical (the profile's model), prosody|fer|minilm, "
+        "or KIND:MODEL with KIND hubert|wav2vec2|clip|hf|minilm."
+    ),
+]
+SubtitleLanguageOption = Annotated[
+    SubtitleLanguage | None,
+    typer.Option(
+        help="Text encoders: read the 'chinese' (zh) or 'english' (en) transcript column "
+        "(MER transcripts have both; default: the first subtitle column, Chinese for MER)."
+    ),
+]
+PrecisionOption = Annotated[
+    Precision | None,
+    typer.Option(
+        help="auto|fp32|bf16 for HuBERT/wav2vec2, CLIP and HF text encoders (default: the "
+        "settings'; auto = bf16 where the CPU/GPU has it). bf16 is recorded in the folder."
+    ),
+]
 
 
 @app.command("extract")
@@ -23,13 +47,7 @@ def extract(
     source: Annotated[
         Path, typer.Argument(help="Manifest file or folder (MER layouts, CSV/JSONL, videos).")
     ],
-    encoder: Annotated[
-        str,
-        typer.Option(
-            help="acoustic|visual|lexical (the profile's model), prosody|fer|minilm, "
-            "or KIND:MODEL with KIND hubert|wav2vec2|clip|hf|minilm."
-        ),
-    ],
+    encoder: EncoderOption,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per forward pass.")] = 16,
     layers: Annotated[
         int | None,
@@ -39,26 +57,12 @@ def extract(
         str | None,
         typer.Option(help="Cache folder name (default: MERTools-style <model>-UTT)."),
     ] = None,
-    subtitle_language: Annotated[
-        SubtitleLanguage | None,
-        typer.Option(
-            help="Text encoders: read the 'chinese' (zh) or 'english' (en) transcript column "
-            "(MER transcripts have both; default: the first subtitle column, Chinese for MER)."
-        ),
-    ] = None,
+    subtitle_language: SubtitleLanguageOption = None,
     device: Annotated[
         Device | None, typer.Option(help="cpu, cuda or auto (default: the settings' device).")
     ] = None,
-    precision: Annotated[
-        Precision | None,
-        typer.Option(
-            help="auto|fp32|bf16 for HuBERT/wav2vec2, CLIP and HF text encoders (default: the "
-            "settings'; auto = bf16 where the CPU/GPU has it). bf16 is recorded in the folder."
-        ),
-    ] = None,
-    profile: Annotated[
-        str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
-    ] = None,
+    precision: PrecisionOption = None,
+    profile: ProfileOption = None,
     home: Annotated[
         Path | None, typer.Option(help="meragent home (features go to HOME/features).")
     ] = None,
@@ -66,7 +70,7 @@ def extract(
     """Embed every clip of SOURCE with ENCODER; a vector cached from the same file is reused."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from meragent.tools.extract import dumps_summary, extract_features
+    from meragent.tools.extract import extract_features
 
     settings = load_settings(profile=profile, home=home, precision=precision)
     columns = (
@@ -88,6 +92,13 @@ def extract(
             subtitle_language=subtitle_language,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+    _print_report(report)
+
+
+def _print_report(report: ExtractReport) -> None:
+    """The summary on stdout, the first failures on stderr; exit 1 when any clip has no vector."""
+    from meragent.tools.extract import dumps_summary
+
     typer.echo(dumps_summary(report))
     for failure in report.failures[:20]:
         typer.echo(f"failed: {failure.clip_id} ({failure.stage}): {failure.reason}", err=True)
@@ -105,9 +116,7 @@ def check(
         typer.Argument(help="Feature folder root (default: the settings' HOME/features)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of lines.")] = False,
-    profile: Annotated[
-        str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
-    ] = None,
+    profile: ProfileOption = None,
     home: Annotated[Path | None, typer.Option(help="meragent home (HOME/features).")] = None,
 ) -> None:
     """List each feature folder: vectors, dims, and what produced it (or that nothing says)."""
