@@ -19,7 +19,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import DataError, ModelLoadError
-from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
+from meragent.tools.model_source import load_pretrained, resolve_model_source
 
 ROLE = "acoustic_encoder"
 Pooling = Literal["mean", "max"]
@@ -166,13 +166,9 @@ def load_acoustic_encoder(
         raise ModelLoadError(ROLE, source, f"chunk_s must be positive, got {chunk_s}")
     from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-    with model_load_errors(ROLE, source):
-        feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
-    n_states = int(model.config.num_hidden_layers) + 1
-    if not 1 <= layers <= n_states:
-        raise ModelLoadError(ROLE, source, f"layers={layers} but the model has {n_states} states")
-    model.to(device).eval()
+    feature_extractor, model = load_pretrained(
+        ROLE, source, Wav2Vec2FeatureExtractor, AutoModel, dtype=dtype, device=device, layers=layers
+    )
     return AcousticEncoder(
         model=model,
         feature_extractor=feature_extractor,

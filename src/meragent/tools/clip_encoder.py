@@ -13,7 +13,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import DataError
-from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
+from meragent.tools.model_source import load_pretrained, resolve_model_source
 
 ROLE = "visual_encoder"
 
@@ -77,10 +77,9 @@ def load_clip_encoder(
     source = resolve_model_source(ROLE, model_id_or_path)
     from transformers import CLIPImageProcessor, CLIPModel
 
-    with model_load_errors(ROLE, source):
-        processor = CLIPImageProcessor.from_pretrained(source)
-        model = CLIPModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
-    model.to(device).eval()
+    processor, model = load_pretrained(
+        ROLE, source, CLIPImageProcessor, CLIPModel, dtype=dtype, device=device
+    )
     return ClipImageEncoder(
         model=model,
         processor=processor,

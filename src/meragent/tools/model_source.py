@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from meragent.errors import MeragentError, ModelLoadError
 
@@ -66,6 +67,34 @@ def model_load_errors(role: str, source: str) -> Iterator[None]:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, TypeError) as exc:
         raise ModelLoadError(role, source, first_line(exc)) from exc
+
+
+def load_pretrained(
+    role: str,
+    source: str,
+    preprocessor_class: Any,
+    model_class: Any,
+    *,
+    dtype: str | None,
+    device: str,
+    layers: int | None = None,
+) -> tuple[Any, Any]:
+    """(preprocessor, model in eval mode on ``device``) of a transformers checkpoint.
+
+    ``layers``: the number of last hidden states the caller sums; more than the model has is a
+    ``ModelLoadError``.
+    """
+    with model_load_errors(role, source):
+        preprocessor = preprocessor_class.from_pretrained(source)
+        model = model_class.from_pretrained(source, dtype=torch_dtype(dtype, device))
+    if layers is not None:
+        n_states = int(model.config.num_hidden_layers) + 1
+        if not 1 <= layers <= n_states:
+            raise ModelLoadError(
+                role, source, f"layers={layers} but the model has {n_states} states"
+            )
+    model.to(device).eval()
+    return preprocessor, model
 
 
 def torch_dtype(name: str | None, device: str) -> object:

@@ -14,7 +14,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import ModelLoadError
-from meragent.tools.model_source import model_load_errors, resolve_model_source, torch_dtype
+from meragent.tools.model_source import load_pretrained, resolve_model_source
 
 ROLE = "text_encoder"
 BUNDLED_MINILM = "bundled:minilm"
@@ -114,13 +114,9 @@ def load_hf_text_encoder(
     source = resolve_model_source(ROLE, model_id_or_path)
     from transformers import AutoModel, AutoTokenizer
 
-    with model_load_errors(ROLE, source):
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=torch_dtype(dtype, device))
-    n_states = int(model.config.num_hidden_layers) + 1
-    if not 1 <= layers <= n_states:
-        raise ModelLoadError(ROLE, source, f"layers={layers} but the model has {n_states} states")
-    model.to(device).eval()
+    tokenizer, model = load_pretrained(
+        ROLE, source, AutoTokenizer, AutoModel, dtype=dtype, device=device, layers=layers
+    )
     return HFTextEncoder(
         model=model,
         tokenizer=tokenizer,
