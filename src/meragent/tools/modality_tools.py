@@ -125,6 +125,42 @@ def given_or_cached(
     )
 
 
+@dataclass(frozen=True)
+class SlotOutcome:
+    """What a tool's encoder slot gave for one clip."""
+
+    probs: dict[str, float] | None = None
+    #: The vector's cache file, set once the vector exists (even if the head then failed).
+    feature_ref: str | None = None
+    #: The per-clip encoder failure, as the clue reports it.
+    error: str | None = None
+
+
+def encode_with_slot(
+    cache: FeatureCache,
+    slot: EncoderSlot,
+    clip_id: str,
+    source: SourceStamp | None,
+    compute: Callable[[], np.ndarray],
+    given: Encoded,
+    *,
+    with_head: bool = True,
+) -> SlotOutcome:
+    """The clip's vector (see ``given_or_cached``) and its head's probabilities.
+
+    A per-clip failure becomes the outcome's error; a model that cannot load propagates.
+    """
+    feature_ref: str | None = None
+    try:
+        embedding, feature_ref = given_or_cached(cache, slot, clip_id, source, compute, given)
+        probs = head_probs(slot.head, embedding) if with_head else None
+    except ModelLoadError:
+        raise
+    except CLIP_ERRORS as exc:
+        return SlotOutcome(None, feature_ref, f"{slot.model_id}: {exc}")
+    return SlotOutcome(probs, feature_ref)
+
+
 @dataclass
 class EncoderSlot:
     """An embedding model for one modality, the feature name it writes, and an optional head."""
@@ -189,20 +225,17 @@ class AcousticTool(SlotEncoding):
                 flags.append("silent")
         if self.encoder is not None:
             slot = self.encoder
-            try:
-                embedding, feature_ref = given_or_cached(
-                    self.cache,
-                    slot,
-                    clip.id,
-                    SourceStamp.of_clip(clip),
-                    lambda: slot.model.get().encode(audio, media.sample_rate),
-                    vector,
-                )
-                probs = head_probs(slot.head, embedding)
-            except ModelLoadError:
-                raise
-            except CLIP_ERRORS as exc:
-                error = f"{slot.model_id}: {exc}"
+            outcome = encode_with_slot(
+                self.cache,
+                slot,
+                clip.id,
+                SourceStamp.of_clip(clip),
+                lambda: slot.model.get().encode(audio, media.sample_rate),
+                vector,
+            )
+            probs, error = outcome.probs, outcome.error
+            feature_ref = outcome.feature_ref or feature_ref
+            if error is not None:
                 flags.append(ENCODER_FAILED)
             if probs:
                 texts.append("speech-emotion model: " + format_probs(probs))
@@ -270,22 +303,19 @@ class VisualTool(SlotEncoding):
                 errors.append(f"facial expression: {exc}")
         if self.encoder is not None:
             slot = self.encoder
-            try:
-                embedding, feature_ref = given_or_cached(
-                    self.cache,
-                    slot,
-                    clip.id,
-                    SourceStamp.of_clip(clip),
-                    lambda: slot.model.get().encode_clip(faces.crops),
-                    vector,
-                )
-                encoded_probs = head_probs(slot.head, embedding)
-            except ModelLoadError:
-                raise
-            except CLIP_ERRORS as exc:
-                errors.append(f"{slot.model_id}: {exc}")
+            outcome = encode_with_slot(
+                self.cache,
+                slot,
+                clip.id,
+                SourceStamp.of_clip(clip),
+                lambda: slot.model.get().encode_clip(faces.crops),
+                vector,
+            )
+            feature_ref = outcome.feature_ref or feature_ref
+            if outcome.error is not None:
+                errors.append(outcome.error)
                 flags.append(ENCODER_FAILED)
-                encoded_probs = None
+            encoded_probs = outcome.probs
             if encoded_probs:
                 data["expression_probs"] = probs
                 probs = encoded_probs
@@ -358,26 +388,21 @@ class LexicalTool(SlotEncoding):
         if isinstance(heard, Clue):
             return heard
         subtitle, data, flags = heard
-        probs: dict[str, float] | None = None
-        feature_ref: str | None = None
-        error: str | None = None
+        outcome = SlotOutcome()
         if self.encoder is not None:
             slot = self.encoder
-            try:
-                embedding, feature_ref = given_or_cached(
-                    self.cache,
-                    slot,
-                    clip.id,
-                    SourceStamp.of_text(subtitle),
-                    lambda: slot.model.get().encode([subtitle])[0],
-                    vector if heard_given(data) else None,
-                )
-                probs = head_probs(slot.head, embedding) if subtitle else None
-            except ModelLoadError:
-                raise
-            except CLIP_ERRORS as exc:
-                error = f"{slot.model_id}: {exc}"
+            outcome = encode_with_slot(
+                self.cache,
+                slot,
+                clip.id,
+                SourceStamp.of_text(subtitle),
+                lambda: slot.model.get().encode([subtitle])[0],
+                vector if heard_given(data) else None,
+                with_head=bool(subtitle),
+            )
+            if outcome.error is not None:
                 flags.append(ENCODER_FAILED)
+        probs, feature_ref, error = outcome.probs, outcome.feature_ref, outcome.error
         text = self._text(subtitle, data)
         if probs:
             text += "; text emotion model: " + format_probs(probs)
