@@ -12,30 +12,23 @@ from meragent.errors import ConfigError
 from meragent.finetune.lora_examples import encode_examples
 from meragent.finetune.lora_train import LoraHyperParams, add_lora, train_lora
 from meragent.finetune.ov_data import OVSample
-from meragent.tools.causal_lm import (
-    cpu_has_bf16,
-    generate_chat,
-    load_causal_lm_uncached,
-    resolve_precision,
-)
+from meragent.tools.causal_lm import generate_chat, load_causal_lm_uncached
 
 
-def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
-    with_bf16 = tmp_path / "a"
-    with_bf16.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
-    without = tmp_path / "b"
-    without.write_text("flags\t\t: fpu avx2\n")
-    assert cpu_has_bf16(with_bf16) and not cpu_has_bf16(without)
-    assert not cpu_has_bf16(tmp_path / "missing")
+def test_run_config_resolves_the_shared_precision_setting(tmp_path: Path) -> None:
+    from meragent.config import cpu_has_bf16
+    from meragent.finetune.lora_config import make_run_config
 
+    def config(precision: str) -> Any:
+        return make_run_config(
+            data_dir=tmp_path, base="b", out_dir=tmp_path, precision=precision, device="cpu"
+        )
 
-def test_precision_resolution() -> None:
-    assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("bf16", "cpu") == "bf16"
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
-    assert resolve_precision("auto", "mps") == "fp32"
+    assert config("fp32").resolved_precision == "fp32"
+    assert config("bf16").resolved_precision == "bf16"
+    assert config("auto").resolved_precision == ("bf16" if cpu_has_bf16() else "fp32")
     with pytest.raises(ConfigError, match="precision"):
-        resolve_precision("fp16", "cpu")
+        config("fp16")
 
 
 def _linear_output_dtypes(model: Any) -> list[Any]:

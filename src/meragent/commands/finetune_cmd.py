@@ -160,8 +160,11 @@ def lora(
     ] = True,
 ) -> None:
     """Train LoRA adapters on k folds and score them against the zero-shot base and a lexicon."""
+    from meragent.config import announce_precision, load_settings, resolve_device
     from meragent.finetune.lora_run import make_run_config, run_lora_cv
-    from meragent.tools.causal_lm import resolve_device
+
+    chosen_precision = precision.value if precision else load_settings(profile=profile).precision
+    resolved_device = resolve_device(device)
 
     config = make_run_config(
         data_dir=data,
@@ -187,7 +190,7 @@ def lora(
         max_length=max_length,
         max_new_tokens=max_new_tokens,
         eval_batch_size=eval_batch_size,
-        device=resolve_device(device),
+        device=resolved_device,
         dtype=dtype,
         seed=seed,
         zero_shot=zero_shot,
@@ -198,7 +201,7 @@ def lora(
         manifest=manifest,
         num_frames=num_frames,
         threads=threads,
-        precision=precision.value,
+        precision=announce_precision(chosen_precision, resolved_device),
         samples=samples,
         temperature=temperature,
         wheel_dir=wheel_dir,

@@ -64,7 +64,7 @@ class LoraRunConfig(BaseModel):
 
     @property
     def resolved_precision(self) -> str:
-        from meragent.tools.causal_lm import resolve_device, resolve_precision
+        from meragent.config import resolve_device, resolve_precision
 
         return resolve_precision(self.precision, resolve_device(self.device))
 

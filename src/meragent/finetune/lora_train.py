@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from meragent.config import autocast
 from meragent.errors import ConfigError
 from meragent.finetune.lora_examples import collate
-from meragent.tools.causal_lm import autocast_context
 
 DEFAULT_TARGETS: tuple[str, ...] = (
     "q_proj",
@@ -160,7 +160,7 @@ def train_lora(
                 batch = next(stream)
             inputs = collate_fn(batch) if collate_fn else collate(batch, pad_token_id)
             tensors = {k: v.to(device) for k, v in inputs.items()}
-            with autocast_context(precision, device.type):
+            with autocast(device.type, precision):
                 loss = model(**tensors).loss / params.grad_accum
             loss.backward()
             step_loss += float(loss.detach())

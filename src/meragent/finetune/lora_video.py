@@ -67,12 +67,8 @@ def load_video_lm(
     """Load a Qwen2.5-VL-style model + processor (HF id or folder), optionally with an adapter."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from meragent.tools.causal_lm import (
-        check_adapter_base,
-        resolve_device,
-        resolve_dtype,
-        resolve_precision,
-    )
+    from meragent.config import resolve_device, resolve_precision
+    from meragent.tools.causal_lm import check_adapter_base, resolve_dtype
 
     if adapter is not None:
         check_adapter_base(adapter, model)
@@ -223,15 +219,15 @@ def generate_video_labels(
     """Greedy answer for one clip with the labeler's list decoding, parsed by its parser."""
     import torch
 
+    from meragent.config import autocast
     from meragent.finetune.ov_eval import parse_generation
-    from meragent.tools.causal_lm import autocast_context
     from meragent.tools.causal_lm_decoding import LIST_DECODING, stopping_criteria
 
     device = next(vlm.model.parameters()).device
     inputs = {key: value.to(device) for key, value in example.prompt_inputs.items()}
     tokenizer = vlm.processor.tokenizer
     width = inputs["input_ids"].shape[1]
-    with torch.no_grad(), autocast_context(vlm.precision, device.type):
+    with torch.no_grad(), autocast(device.type, vlm.precision):
         output = vlm.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meragent.errors import ConfigError, ModelLoadError
+from meragent.config import autocast, resolve_device, resolve_precision
+from meragent.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from meragent.tools.causal_lm_decoding import DecodingSettings
@@ -49,7 +50,7 @@ class LoadedLM:
     tokenizer: Any
     model_id: str
     has_chat_template: bool
-    #: ``fp32`` or ``bf16`` (CPU/CUDA autocast over fp32 weights) for generation.
+    #: ``fp32`` or ``bf16`` (``meragent.config.autocast`` over fp32 weights) for generation.
     precision: str = "fp32"
 
 
@@ -93,15 +94,6 @@ def resolve_model_source(model: str) -> ModelSource:
     return ModelSource(path=str(folder), gguf_file=files[0].name)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when available; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto`` means bf16 on CUDA and fp32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
     import torch
@@ -112,47 +104,6 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     if dtype not in choices:
         raise ModelLoadError(_ROLE, dtype, f"unknown dtype (use auto or {', '.join(choices)})")
     return choices[dtype]
-
-
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU advertises native bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        flags = cpuinfo.read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in _CPU_BF16_FLAGS)
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto|fp32|bf16`` -> ``fp32`` or ``bf16``: ``auto`` is bf16 where the hardware has it.
-
-    Stand-in with the same rule as the shared setting (issue 13): CUDA with bf16 support or a
-    CPU with avx512_bf16/AMX gets bf16, everything else fp32.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device == "cpu" and cpu_has_bf16() else "fp32"
-
-
-def autocast_context(precision: str, device_type: str) -> Any:
-    """bf16 autocast on ``device_type`` (weights stay fp32), or a no-op for ``fp32``."""
-    import contextlib
-
-    import torch
-
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def _same_base(declared: str, configured: str) -> bool:
@@ -320,7 +271,7 @@ def generate_chat_batch(
     # Only ids and mask: some tokenizers add token_type_ids, which decoder LMs reject.
     batch = {key: encoded[key].to(device) for key in ("input_ids", "attention_mask")}
     prompt_width = batch["input_ids"].shape[1]
-    with torch.no_grad(), autocast_context(lm.precision, device.type):
+    with torch.no_grad(), autocast(device.type, lm.precision):
         output = lm.model.generate(
             **batch,
             max_new_tokens=settings.max_new_tokens,
