@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from meragent.agents.chat import ChatCallError, RoleChat
+from meragent.agents.chat import ChatCallError, ChatReply, RoleChat
 from meragent.agents.prompts import SIX_CLASS_LIST, available_modalities, reasoning_messages
 from meragent.schema import EMOTION_ALIASES, EMOTIONS, Clue
 
@@ -160,6 +160,13 @@ def parse_reasoning_text(raw: str | None) -> tuple[str, str | None, list[str]]:
             flags.append("answer_not_a_class")
     else:
         flags.append("no_answer_line")
+    return _checked_answer(description, choice, flags, text)
+
+
+def _checked_answer(
+    description: str, choice: str | None, flags: list[str], text: str
+) -> tuple[str, str | None, list[str]]:
+    """No choice: take the last class ``text`` names; flag what is missing."""
     if choice is None:
         choice = last_class_mention(text)
         flags.append("choice_from_text" if choice else "no_six_class_choice")
@@ -191,12 +198,7 @@ def _parse_unvalidated(
     description = str(fields.get("description") or "").strip()
     choice = class_of_word(str(fields.get("emotion") or ""))
     flags = [] if choice else ["answer_not_a_class"]
-    if choice is None:
-        choice = last_class_mention(description)
-        flags.append("choice_from_text" if choice else "no_six_class_choice")
-    if not description:
-        flags.append("empty_description")
-    return description, choice, flags
+    return _checked_answer(description, choice, flags, description)
 
 
 def fallback_description(clues: Sequence[Clue]) -> str:
@@ -231,17 +233,7 @@ def _ask_structured(chat: RoleChat, clues: Sequence[Clue]) -> ReasoningResult | 
         flags.append("structured_parse_failed")
         description, choice, more = _parse_unvalidated(raw, fields)
         flags.extend(more)
-    return ReasoningResult(
-        description=description,
-        choice=choice,
-        flags=flags,
-        raw=raw,
-        prompt=messages,
-        structured=True,
-        retries=reply.retries,
-        latency_s=reply.latency_s,
-        usage=reply.usage,
-    )
+    return _result(reply, messages, raw, (description, choice, flags), structured=True)
 
 
 def _ask_text(chat: RoleChat, clues: Sequence[Clue]) -> ReasoningResult:
@@ -252,13 +244,26 @@ def _ask_text(chat: RoleChat, clues: Sequence[Clue]) -> ReasoningResult:
     description, echoed = strip_prompt_echo(description, messages[-1]["content"])
     if echoed:
         flags.append("prompt_echo")
+    return _result(reply, messages, reply.text, (description, choice, flags), structured=False)
+
+
+def _result(
+    reply: ChatReply,
+    messages: list[dict[str, str]],
+    raw: str,
+    answer: tuple[str, str | None, list[str]],
+    *,
+    structured: bool,
+) -> ReasoningResult:
+    """The result of one reasoning call: its parsed ``answer`` plus the call's own figures."""
+    description, choice, flags = answer
     return ReasoningResult(
         description=description,
         choice=choice,
         flags=flags,
-        raw=reply.text,
+        raw=raw,
         prompt=messages,
-        structured=False,
+        structured=structured,
         retries=reply.retries,
         latency_s=reply.latency_s,
         usage=reply.usage,
