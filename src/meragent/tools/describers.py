@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -230,6 +231,46 @@ def _described(
     )
 
 
+def describe_audio(
+    name: str,
+    model_id: str,
+    media: DecodedMedia,
+    subtitle: str,
+    max_audio_s: float,
+    generate: Callable[[np.ndarray, str], str],
+) -> Clue:
+    """The audio clue: ``generate(audio, prompt)`` on the clip's audio (cut to ``max_audio_s``)."""
+    if not media.has_audio or media.audio is None:
+        return Clue.unavailable(Modality.ACOUSTIC, name, "clip has no audio track")
+    audio, truncated = cut_audio(media.audio, media.sample_rate, max_audio_s)
+    prompt = audio_prompt(subtitle)
+    text = generate(audio, prompt)
+    return _described(
+        Modality.ACOUSTIC,
+        name,
+        model_id,
+        text,
+        prompt,
+        audio_s=round(len(audio) / media.sample_rate, 3),
+        truncated=truncated,
+    )
+
+
+def describe_video(
+    name: str,
+    model_id: str,
+    media: DecodedMedia,
+    subtitle: str,
+    generate: Callable[[np.ndarray, str], str],
+) -> Clue:
+    """The video clue: ``generate(frames, prompt)`` on the clip's sampled frames."""
+    if not media.has_video or media.frames is None:
+        return Clue.unavailable(Modality.VISUAL, name, "clip has no video frames")
+    prompt = video_prompt(subtitle)
+    text = generate(media.frames, prompt)
+    return _described(Modality.VISUAL, name, model_id, text, prompt, n_frames=len(media.frames))
+
+
 @dataclass
 class LocalAudioDescriber:
     """Audio describer running an in-process audio LLM (loaded on first use)."""
@@ -240,20 +281,10 @@ class LocalAudioDescriber:
     name: str = AUDIO_ROLE
 
     def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Clue:
-        if not media.has_audio or media.audio is None:
-            return Clue.unavailable(Modality.ACOUSTIC, self.name, "clip has no audio track")
-        audio, truncated = cut_audio(media.audio, media.sample_rate, MAX_AUDIO_S)
-        prompt = audio_prompt(subtitle)
-        text = self.llm.get().generate(audio, media.sample_rate, prompt, self.max_new_tokens)
-        return _described(
-            Modality.ACOUSTIC,
-            self.name,
-            self.model_id,
-            text,
-            prompt,
-            audio_s=round(len(audio) / media.sample_rate, 3),
-            truncated=truncated,
-        )
+        def generate(audio: np.ndarray, prompt: str) -> str:
+            return self.llm.get().generate(audio, media.sample_rate, prompt, self.max_new_tokens)
+
+        return describe_audio(self.name, self.model_id, media, subtitle, MAX_AUDIO_S, generate)
 
 
 @dataclass
@@ -266,15 +297,11 @@ class LocalVideoDescriber:
     name: str = VIDEO_ROLE
 
     def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Clue:
-        if not media.has_video or media.frames is None:
-            return Clue.unavailable(Modality.VISUAL, self.name, "clip has no video frames")
-        prompt = video_prompt(subtitle)
-        text = self.llm.get().generate(
-            media.frames, effective_fps(media), prompt, self.max_new_tokens
-        )
-        return _described(
-            Modality.VISUAL, self.name, self.model_id, text, prompt, n_frames=len(media.frames)
-        )
+        def generate(frames: np.ndarray, prompt: str) -> str:
+            fps = effective_fps(media)
+            return self.llm.get().generate(frames, fps, prompt, self.max_new_tokens)
+
+        return describe_video(self.name, self.model_id, media, subtitle, generate)
 
 
 def audio_message_content(prompt: str, audio: np.ndarray, sample_rate: int) -> list[dict[str, Any]]:
@@ -319,29 +346,16 @@ class OpenAIDescriber:
         return self._describe_video(media, subtitle)
 
     def _describe_audio(self, media: DecodedMedia, subtitle: str) -> Clue:
-        if not media.has_audio or media.audio is None:
-            return Clue.unavailable(Modality.ACOUSTIC, self.name, "clip has no audio track")
-        audio, truncated = cut_audio(media.audio, media.sample_rate, self.max_audio_s)
-        prompt = audio_prompt(subtitle)
-        text = self._ask(audio_message_content(prompt, audio, media.sample_rate))
-        return _described(
-            Modality.ACOUSTIC,
-            self.name,
-            self.model_id,
-            text,
-            prompt,
-            audio_s=round(len(audio) / media.sample_rate, 3),
-            truncated=truncated,
-        )
+        def generate(audio: np.ndarray, prompt: str) -> str:
+            return self._ask(audio_message_content(prompt, audio, media.sample_rate))
+
+        return describe_audio(self.name, self.model_id, media, subtitle, self.max_audio_s, generate)
 
     def _describe_video(self, media: DecodedMedia, subtitle: str) -> Clue:
-        if not media.has_video or media.frames is None:
-            return Clue.unavailable(Modality.VISUAL, self.name, "clip has no video frames")
-        prompt = video_prompt(subtitle)
-        text = self._ask(video_message_content(prompt, media.frames, self.frame_max_side))
-        return _described(
-            Modality.VISUAL, self.name, self.model_id, text, prompt, n_frames=len(media.frames)
-        )
+        def generate(frames: np.ndarray, prompt: str) -> str:
+            return self._ask(video_message_content(prompt, frames, self.frame_max_side))
+
+        return describe_video(self.name, self.model_id, media, subtitle, generate)
 
     def _ask(self, content: list[dict[str, Any]]) -> str:
         from langchain_core.messages import HumanMessage
