@@ -1,41 +1,39 @@
-"""Wall time of the fusion random search at MER2024 size on this machine's CPU.
+"""Wall time of the exact MER2024 fusion search on this machine's CPU, next to the machine floor.
 
 Random features with a planted class structure stand in for Train&Val: 5,030 clips, three
 branches of 1024 + 768 + 1024 dims, six classes with MER-like imbalance, a few percent of
-missing features. Two measurements:
+missing features. The protocol is MER2024's (``--search 50`` combinations x 5 folds x
+``--epochs 100``, Adam with weight decay 1e-5, batch 32, full width, no early stop, best held-out
+epoch) and it runs to the end: nothing is extrapolated.
 
-* ``exact`` — the paper's protocol (50 combinations × 5 folds × 100 epochs, no early stop, full
-  width). Running it to the end takes long on a 2-core CPU, so every stack of the real 50-draw
-  search is timed for ``--exact-epochs`` epochs and the epoch time is extrapolated to 100.
-  ``--exact-full`` runs it to the end instead.
-* ``fast`` — the same search run to the end with the optional speed-ups
-  (``--patience``, ``--pca-dim``).
-
-Both report CV WAF of the best combination, so the cost of the speed-ups is visible. The load
-average is recorded: on a CPU shared with other work, the times are pessimistic. Results of runs
-with different ``--threads`` are stored side by side (``threads=N``) in the output file.
-Usage: ``python bench/bench_fusion.py [--threads 2] [--exact-epochs 2] [--patience 10]
-[--pca-dim 128] [--out bench/results/fusion.json]``.
+The floor is measured in the same run: right after each stack of combinations has trained, a
+fused Adam step over tensors of exactly that stack's shapes and the bf16 matmuls of its first
+layers (forward and weight gradient of one batch per fold; the held-out forward once per epoch)
+are timed over ``--floor-steps`` steps and scaled to the steps the stack ran. Our wall time over
+the summed floor is the ratio printed; both see the same machine load (recorded, with
+``uptime``: the CPU may be shared). Each ``--precision`` is run in turn (with ``bf16,fp32`` the
+CV WAF difference of the best combination is reported). Results land under ``--label`` in the
+output file, rewritten after every stack, so an interrupted run keeps what it measured.
+Usage: ``python bench/bench_fusion.py [--threads 1] [--search 50] [--epochs 100]
+[--precision bf16,fp32] [--label exact] [--out bench/results/fusion.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from meragent.finetune.fusion_data import LABELLED, TrainingRows
-from meragent.finetune.fusion_train import (
-    FusionTrainConfig,
-    _stacks,
-    cross_validate,
-    sample_combos,
-)
+from meragent.finetune.fusion_train import FusionTrainConfig, StackTrainer, cross_validate
 from meragent.tools.fusion_model import BranchConfig
 
 N_CLIPS = 5030
@@ -76,154 +74,206 @@ def planted_rows(seed: int = 0, missing: float = 0.03) -> TrainingRows:
     )
 
 
-def timed_search(rows: TrainingRows, config: FusionTrainConfig) -> dict[str, object]:
-    lines: list[str] = []
+def _uptime() -> str:
+    try:
+        return subprocess.run(
+            ["uptime"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return ""
 
-    def progress(message: str) -> None:
-        lines.append(message)
-        print("  " + message, flush=True)
 
-    load_start = list(os.getloadavg())
-    started = time.perf_counter()
-    result = cross_validate(rows, config, progress)
-    elapsed = time.perf_counter() - started
-    best = result.best
+def _timed(fn: Callable[[], object], steps: int) -> float:
+    """Seconds per call of ``fn`` (one warm-up call first)."""
+    fn()
+    began = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - began) / steps
+
+
+def stack_floor(trainer: StackTrainer, steps: int) -> dict[str, float]:
+    """The machine floor of one trained stack: fused Adam over its shapes, bf16 matmuls."""
+    import torch
+
+    params = [torch.zeros_like(p) for p in trainer.params.values()]
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    adam = torch.optim.Adam(params, lr=1e-3, weight_decay=1e-5, fused=True)
+    adam_s = _timed(adam.step, steps)
+    del adam, params
+    k, batch = trainer.n_folds, trainer.config.batch_size
+    width = trainer.plan.val_rows.shape[1]
+    weights = [trainer.params[trainer.arch.first_layer(m)[0]] for m in range(len(trainer.xs))]
+    shapes = [(w.shape[1], w.shape[2]) for w in weights]
+    mats = [
+        (
+            torch.randn(k, batch, d, dtype=torch.bfloat16),
+            torch.randn(k, d, cd, dtype=torch.bfloat16),
+            torch.randn(k, batch, cd, dtype=torch.bfloat16),
+        )
+        for d, cd in shapes
+    ]
+
+    def train_matmuls() -> None:
+        for x, w, g in mats:
+            torch.bmm(x, w)
+            torch.bmm(x.transpose(1, 2), g)
+
+    matmul_s = _timed(train_matmuls, steps)
+    held_out = [
+        (torch.randn(k, width, d, dtype=torch.bfloat16), w)
+        for (x, w, g), (d, _) in zip(mats, shapes, strict=True)
+    ]
+
+    def val_matmuls() -> None:
+        for x, w in held_out:
+            torch.bmm(x, w)
+
+    val_s = _timed(val_matmuls, 3)
+    steps_per_epoch = math.ceil(trainer.plan.epoch_length / batch)
+    n_steps = trainer.epochs_run * steps_per_epoch
+    floor = n_steps * (adam_s + matmul_s) + trainer.epochs_run * val_s
     return {
-        "wall_s": round(elapsed, 1),
-        "load_avg": [load_start, list(os.getloadavg())],
-        "best": {
-            "index": best.index,
-            "hidden": best.hidden,
-            "lr": best.lr,
-            "dropout": best.dropout,
-            "cv_waf": round(best.waf_mean, 4),
-            "cv_waf_std": round(best.waf_std, 4),
-            "cv_acc": round(best.acc_mean, 4),
-            "best_epochs": best.best_epochs,
-        },
-        "stacks": lines,
-        "mean_epochs_run": float(np.mean([c.epochs_run for c in result.combos])),
+        "params": int(sum(p.numel() for p in trainer.params.values())),
+        "steps": n_steps,
+        "adam_step_s": round(adam_s, 5),
+        "matmul_step_s": round(matmul_s, 5),
+        "floor_s": round(floor, 1),
     }
 
 
-def exact_extrapolated(
-    rows: TrainingRows, base: FusionTrainConfig, epochs: int
-) -> dict[str, object]:
-    """Time each stack of the real draw for ``epochs`` epochs; scale to ``base.epochs``."""
-    combos = sample_combos(base)
-    load_start = list(os.getloadavg())
-    total, per_stack = 0.0, []
-    groups = _stacks(combos, {h: 1 for h in base.hidden}, 10**9)
-    for group in groups:
-        config = base.model_copy(
-            update={
-                "search": len(group),
-                "hidden": [group[0].hidden],
-                "lr": [group[0].lr],
-                "dropout": sorted({c.dropout for c in group}),
-                "epochs": epochs,
-            }
-        )
-        started = time.perf_counter()
-        cross_validate(rows, config)
-        seconds = time.perf_counter() - started
-        scaled = seconds / epochs * base.epochs
-        total += scaled
-        per_stack.append(
+class Recorder:
+    """Collects one search's stacks (wall time, floor) and rewrites the results file each time."""
+
+    def __init__(self, out: Path, label: str, precision: str, floor_steps: int) -> None:
+        self.out, self.label, self.precision = out, label, precision
+        self.floor_steps = floor_steps
+        self.stacks: list[dict[str, object]] = []
+        self.entry: dict[str, object] = {}
+        self.began = time.perf_counter()
+        self.mark = self.began
+        self.floor_time = 0.0
+
+    def on_stack(self, trainer: StackTrainer) -> None:
+        trained = time.perf_counter() - self.mark
+        began = time.perf_counter()
+        floor = stack_floor(trainer, self.floor_steps)
+        self.floor_time += time.perf_counter() - began
+        combos = trainer.combos
+        self.stacks.append(
             {
-                "hidden": group[0].hidden,
-                "lr": group[0].lr,
-                "combos": len(group),
-                "measured_s": round(seconds, 1),
-                "epochs_measured": epochs,
-                "extrapolated_s": round(scaled, 1),
+                "hidden": combos[0].hidden,
+                "lr": combos[0].lr,
+                "combos": len(combos),
+                "epochs": trainer.epochs_run,
+                "wall_s": round(trained, 1),
+                **floor,
+                "ratio": round(trained / max(floor["floor_s"], 1e-9), 2),
+                "loadavg": list(os.getloadavg()),
             }
         )
-        print(
-            f"  exact d={group[0].hidden} lr={group[0].lr:g} ×{len(group)}: {seconds:.1f}s "
-            f"for {epochs} epochs -> {scaled:.0f}s for {base.epochs}",
-            flush=True,
+        print(f"  stack {self.stacks[-1]}", flush=True)
+        self.mark = time.perf_counter()
+        self.save(done=False)
+
+    def save(self, done: bool, best: dict[str, object] | None = None) -> None:
+        wall = sum(float(str(s["wall_s"])) for s in self.stacks)
+        floor = sum(float(str(s["floor_s"])) for s in self.stacks)
+        self.entry.update(
+            {
+                "finished": done,
+                "stacks_done": len(self.stacks),
+                "wall_s": round(wall, 1),
+                "floor_s": round(floor, 1),
+                "ratio_to_floor": round(wall / floor, 2) if floor else None,
+                "stacks": self.stacks,
+                "uptime_end": _uptime(),
+            }
         )
-    return {
-        "extrapolated_wall_s": round(total, 1),
-        "load_avg": [load_start, list(os.getloadavg())],
-        "stacks": per_stack,
+        if best is not None:
+            self.entry["best"] = best
+        results = json.loads(self.out.read_text("utf-8")) if self.out.is_file() else {}
+        results.setdefault(self.label, {})[self.precision] = self.entry
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def run_search(
+    rows: TrainingRows, config: FusionTrainConfig, recorder: Recorder
+) -> dict[str, object]:
+    import torch
+
+    recorder.entry.update(
+        {
+            "precision": config.precision,
+            "threads": config.threads,
+            "protocol": {
+                "search": config.search,
+                "folds": config.folds,
+                "epochs": config.epochs,
+                "batch_size": config.batch_size,
+                "weight_decay": config.weight_decay,
+                "clips": N_CLIPS,
+                "dims": list(DIMS),
+            },
+            "machine": {
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "torch": torch.__version__,
+            },
+            "uptime_start": _uptime(),
+        }
+    )
+    result = cross_validate(rows, config, lambda m: print("  " + m, flush=True), recorder.on_stack)
+    best = result.best
+    summary = {
+        "index": best.index,
+        "hidden": best.hidden,
+        "lr": best.lr,
+        "dropout": best.dropout,
+        "cv_waf": round(best.waf_mean, 4),
+        "cv_waf_std": round(best.waf_std, 4),
+        "cv_acc": round(best.acc_mean, 4),
+        "best_epochs": best.best_epochs,
     }
+    recorder.entry["end_to_end_s"] = round(time.perf_counter() - recorder.began, 1)
+    recorder.entry["floor_measuring_s"] = round(recorder.floor_time, 1)
+    recorder.save(done=True, best=summary)
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--search", type=int, default=50)
-    parser.add_argument("--exact-epochs", type=int, default=2)
-    parser.add_argument("--exact-full", action="store_true")
-    parser.add_argument("--skip-exact", action="store_true")
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--pca-dim", type=int, default=128)
-    parser.add_argument("--unique", action="store_true")
-    parser.add_argument(
-        "--exact-combo",
-        help="d,lr,dropout: also train this one combination under the exact protocol "
-        "(full width, 100 epochs, no early stop) to price the speed-ups in CV WAF",
-    )
-    parser.add_argument("--skip-fast", action="store_true")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--precision", default="bf16,fp32", help="comma-separated, run in turn")
+    parser.add_argument("--floor-steps", type=int, default=100)
+    parser.add_argument("--label", default="exact")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fusion.json"))
     args = parser.parse_args()
 
-    import torch
-
-    torch.set_num_threads(args.threads)
     rows = planted_rows()
-    base = FusionTrainConfig(search=args.search, threads=args.threads, seed=0)
-    report: dict[str, object] = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": args.threads,
-            "torch": torch.__version__,
-        },
-        "data": {"clips": N_CLIPS, "dims": list(DIMS), "folds": 5, "search": args.search},
-    }
-    if not args.skip_exact:
-        print("exact protocol (extrapolated)" if not args.exact_full else "exact protocol")
-        if args.exact_full:
-            report["exact"] = timed_search(rows, base)
-        else:
-            report["exact"] = exact_extrapolated(rows, base, args.exact_epochs)
-    if not args.skip_fast:
-        fast = base.model_copy(
-            update={"patience": args.patience, "pca_dim": args.pca_dim, "unique": args.unique}
+    wafs: dict[str, float] = {}
+    for precision in args.precision.split(","):
+        config = FusionTrainConfig(
+            search=args.search,
+            epochs=args.epochs,
+            threads=args.threads,
+            seed=0,
+            precision=precision,
         )
-        print(f"fast: patience={args.patience} pca_dim={args.pca_dim} unique={args.unique}")
-        report["fast"] = {
-            "patience": args.patience,
-            "pca_dim": args.pca_dim,
-            "unique": args.unique,
-            **timed_search(rows, fast),
-        }
-    if args.exact_combo:
-        hidden, lr, dropout = args.exact_combo.split(",")
-        single = base.model_copy(
-            update={
-                "search": 1,
-                "hidden": [int(hidden)],
-                "lr": [float(lr)],
-                "dropout": [float(dropout)],
-            }
-        )
-        print(f"exact protocol, one combination d={hidden} lr={lr} dropout={dropout}")
-        for variant, update in (
-            ("exact", {}),
-            ("fast", {"patience": args.patience, "pca_dim": args.pca_dim}),
-        ):
-            report[f"single_combo_{variant}"] = timed_search(rows, single.model_copy(update=update))
-    # Runs with different thread counts are kept side by side in one results file.
-    results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    previous = results.get(f"threads={args.threads}", {})
-    results[f"threads={args.threads}"] = {**previous, **report}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(json.dumps(report, indent=2))
+        print(f"{args.label}: {precision}, {args.threads} thread(s)", flush=True)
+        recorder = Recorder(args.out, args.label, precision, args.floor_steps)
+        best = run_search(rows, config, recorder)
+        wafs[precision] = float(best["cv_waf"])  # type: ignore[arg-type]
+    if "fp32" in wafs and "bf16" in wafs:
+        results = json.loads(args.out.read_text("utf-8"))
+        delta = round(100 * (wafs["bf16"] - wafs["fp32"]), 2)
+        results[args.label]["bf16_minus_fp32_waf_points"] = delta
+        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"best CV WAF bf16 - fp32: {delta} points")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from meragent.finetune.fusion_data import (
 from meragent.finetune.fusion_predict import predict_clips, write_submission
 from meragent.finetune.fusion_train import (
     FusionTrainConfig,
-    _fold_plan,
-    _waf_acc,
     cross_validate,
+    fold_plan,
     sample_combos,
     save_fusion_model,
     train_fusion,
+    waf_acc,
 )
 from meragent.schema import EMOTIONS
 from meragent.tools.feature_cache import FeatureCache
@@ -193,7 +193,7 @@ def test_augmented_rows_train_only_outside_their_source_fold(tmp_path: Path) -> 
     assert report.n_augmented == 30 and rows.n_rows == 66
     assert (rows.kind == AUGMENTED).sum() == 30
     folds = stratified_folds(rows.labels[rows.kind == LABELLED], 3, seed=0)
-    plan = _fold_plan(rows, folds, 3, "cpu")
+    plan = fold_plan(rows, folds, 3, "cpu")
     for k in range(3):
         val = set(plan.val_index[k])
         assert all(rows.kind[i] == LABELLED for i in val)
@@ -223,7 +223,7 @@ def test_torch_waf_matches_scikit_learn() -> None:
     predicted = rng.integers(0, 6, (3, 40, 2))
     valid = np.ones((3, 40), dtype=bool)
     valid[2, 30:] = False
-    waf, acc = _waf_acc(torch.as_tensor(predicted), torch.as_tensor(truth), torch.as_tensor(valid))
+    waf, acc = waf_acc(torch.as_tensor(predicted), torch.as_tensor(truth), torch.as_tensor(valid))
     for k in range(3):
         for c in range(2):
             n = valid[k].sum()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meragent.commands.choices import Augment, Device, FusionModel, Valence
+from meragent.commands.choices import Augment, Device, FusionModel, Precision, Valence
 from meragent.commands.errors import friendly_errors
 from meragent.errors import ConfigError
 
@@ -100,6 +100,14 @@ ValenceOpt = Annotated[
 ]
 DeviceOpt = Annotated[Device | None, typer.Option(help="cpu, cuda or auto (default: settings).")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")]
+PrecisionOpt = Annotated[
+    Precision | None,
+    typer.Option(
+        help="auto|fp32|bf16 for the stacked first layers (bf16 matmuls, fp32 master weights, "
+        "Adam and loss; default: the settings'; auto = bf16 where the CPU/GPU has it). "
+        "Recorded in the model's config.json."
+    ),
+]
 AugmentOpt = Annotated[
     Augment | None,
     typer.Option(
@@ -190,12 +198,15 @@ def _train_config(
     device: str | None,
     threads: int | None,
     profile: str | None,
+    precision: str | None = None,
 ) -> FusionTrainConfig:
     from pydantic import ValidationError
 
-    from meragent.config import load_settings
+    from meragent.config import announce_precision, load_settings
     from meragent.finetune.fusion_train import FusionTrainConfig
 
+    settings = load_settings(profile=profile, device=device, precision=precision)
+    resolved = announce_precision(settings.precision, settings.resolved_device())
     if valence not in ("auto", "on", "off"):
         raise ConfigError(f"--valence must be auto, on or off, got {valence!r}")
     try:
@@ -213,7 +224,8 @@ def _train_config(
             pca_dim=pca_dim,
             modality_dropout=modality_dropout,
             valence=valence,
-            device=device or load_settings(profile=profile).device,
+            device=device or settings.device,
+            precision=resolved,
             threads=threads,
         )
     except ValidationError as exc:
@@ -272,6 +284,7 @@ def train(
     valence: ValenceOpt = Valence.auto,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     split: SplitOpt = None,
     data_root: DataRootOpt = None,
     profile: ProfileOpt = None,
@@ -297,6 +310,7 @@ def train(
         device=device,
         threads=threads,
         profile=profile,
+        precision=precision,
     )
     branches = parse_branches(encoders)
     augment_cache = _augment_cache(augment, augment_features)
@@ -330,9 +344,8 @@ def predict(
     profile: ProfileOpt = None,
 ) -> None:
     """Predict every clip of SOURCE from cached features; write MER's submission CSV."""
-    from meragent.config import load_settings
+    from meragent.config import load_settings, resolve_device
     from meragent.finetune.fusion_predict import predict_clips, write_submission
-    from meragent.finetune.fusion_train import resolve_device
     from meragent.tools.fusion_model import load_fusion_model
 
     predictor = load_fusion_model(
@@ -436,6 +449,7 @@ def pseudo_label(
     valence: ValenceOpt = Valence.auto,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
+    precision: PrecisionOpt = None,
     data_root: DataRootOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -461,6 +475,7 @@ def pseudo_label(
         device=device,
         threads=threads,
         profile=profile,
+        precision=precision,
     )
     config = PseudoLabelConfig(
         rounds=rounds, eta=eta, thresholds=_thresholds(threshold or []), train=train_config

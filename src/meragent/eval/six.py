@@ -3,7 +3,9 @@
 Accuracy, weighted-average F1 (WAF, the ranking metric, with scikit-learn's
 ``f1_score(average="weighted")`` semantics), per-class precision/recall/F1/support, the confusion
 matrix in :data:`meragent.schema.EMOTIONS` order, valence MSE and MER2023's
-``WAF - 0.25 * MSE``. Pure numpy: scikit-learn is only the reference in the tests.
+``WAF - 0.25 * MSE``, computed by scikit-learn (``precision_recall_fscore_support``,
+``confusion_matrix``, ``mean_squared_error``). The batched torch WAF used inside fusion training
+(:func:`meragent.finetune.fusion_stack.waf_acc`) is tested against these.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from meragent.schema import EMOTION_TO_ID, EMOTIONS, MISSING_VALENCE, normalize_emotion
+
+#: Class ids in :data:`EMOTIONS` order (what scikit-learn is told the labels are).
+LABEL_IDS = list(range(len(EMOTIONS)))
 
 #: MER2023's overall score weighs the valence MSE by this factor.
 MER2023_MSE_WEIGHT = 0.25
@@ -64,18 +69,15 @@ def six_class_metrics(
         raise ValueError("no samples to score")
     true_ids = np.array([EMOTION_TO_ID[normalize_emotion(label)] for label in y_true])
     pred_ids = np.array([_pred_id(label) for label in y_pred])
-    confusion = _confusion(true_ids, pred_ids)
-    support = np.bincount(true_ids, minlength=len(EMOTIONS)).astype(np.float64)
-    per_class, waf = _per_class_and_waf(confusion, support)
-    accuracy = float(np.mean(true_ids == pred_ids))
+    per_class, waf = _per_class_and_waf(true_ids, pred_ids)
     mse, n_valence = _valence_mse(valence_true, valence_pred, len(y_true))
     return SixClassReport(
         n_samples=len(y_true),
         n_missing_predictions=int(np.sum(pred_ids < 0)),
-        accuracy=accuracy,
+        accuracy=float(np.mean(true_ids == pred_ids)),
         waf=waf,
         per_class=per_class,
-        confusion=confusion.tolist(),
+        confusion=_confusion(true_ids, pred_ids).tolist(),
         mse=mse,
         n_valence=n_valence,
         mer2023_score=None if mse is None else waf - MER2023_MSE_WEIGHT * mse,
@@ -83,33 +85,25 @@ def six_class_metrics(
 
 
 def _pred_id(label: str | None) -> int:
-    # -1 never equals a true id, so a missing prediction is simply wrong.
+    # -1 is no class of LABEL_IDS, so a missing prediction is simply wrong (a false negative).
     return -1 if label is None else EMOTION_TO_ID[normalize_emotion(label)]
 
 
 def _confusion(true_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
-    matrix = np.zeros((len(EMOTIONS), len(EMOTIONS)), dtype=np.int64)
+    from sklearn.metrics import confusion_matrix
+
     predicted = pred_ids >= 0
-    np.add.at(matrix, (true_ids[predicted], pred_ids[predicted]), 1)
-    return matrix
+    return confusion_matrix(true_ids[predicted], pred_ids[predicted], labels=LABEL_IDS)
 
 
 def _per_class_and_waf(
-    confusion: np.ndarray, support: np.ndarray
+    true_ids: np.ndarray, pred_ids: np.ndarray
 ) -> tuple[dict[str, ClassScores], float]:
-    # Support comes from the true labels: confusion rows miss samples with no prediction.
-    true_positive = np.diag(confusion).astype(np.float64)
-    predicted_count = confusion.sum(axis=0).astype(np.float64)
-    return _scores_from_counts(true_positive, predicted_count, support)
+    from sklearn.metrics import precision_recall_fscore_support
 
-
-def _scores_from_counts(
-    true_positive: np.ndarray, predicted_count: np.ndarray, support: np.ndarray
-) -> tuple[dict[str, ClassScores], float]:
-    # scikit-learn's formulas: p = tp/pred, r = tp/true, f1 = 2tp/(true+pred), 0 where 0/0.
-    precision = _safe_divide(true_positive, predicted_count)
-    recall = _safe_divide(true_positive, support)
-    f1 = _safe_divide(2.0 * true_positive, support + predicted_count)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_ids, pred_ids, labels=LABEL_IDS, zero_division=0.0
+    )
     total = support.sum()
     waf = float(np.average(f1, weights=support)) if total > 0 else 0.0
     per_class = {
@@ -122,12 +116,6 @@ def _scores_from_counts(
         for i, name in enumerate(EMOTIONS)
     }
     return per_class, waf
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(numerator, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator > 0)
-    return out
 
 
 def _valence_mse(
@@ -146,8 +134,10 @@ def _valence_mse(
     ]
     if not pairs:
         return None, 0
-    diffs = np.array([t - p for t, p in pairs], dtype=np.float64)
-    return float(np.mean(diffs**2)), len(pairs)
+    from sklearn.metrics import mean_squared_error
+
+    truth, predicted = zip(*pairs, strict=True)
+    return float(mean_squared_error(truth, predicted)), len(pairs)
 
 
 def _has_valence(value: float | None) -> bool:

@@ -10,6 +10,7 @@ not hold their source clip) or *pseudo*-labelled (they train in every fold).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -348,11 +349,13 @@ def _with_pseudo(
 
 
 def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """A fold id per row: each class shuffled (seeded) and dealt round-robin across folds.
+    """A fold id per row from scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)``.
 
-    The deal continues from class to class, so fold sizes differ by at most one and every fold
-    gets a row as soon as there are ``n_folds`` rows. Raises DataError when there are fewer rows.
+    Every fold keeps the class proportions (its size differs from the others' by at most one) and
+    the same seed gives the same folds. Raises DataError when there are fewer rows than folds.
     """
+    from sklearn.model_selection import StratifiedKFold
+
     labels = np.asarray(labels)
     if n_folds < 2:
         raise DataError(f"--folds must be at least 2, got {n_folds}")
@@ -360,11 +363,11 @@ def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
         raise DataError(
             f"only {len(labels)} labelled clips with features: fewer than --folds {n_folds}"
         )
-    rng = np.random.default_rng(seed)
     folds = np.empty(len(labels), dtype=np.int64)
-    offset = 0
-    for value in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == value))
-        folds[members] = (offset + np.arange(len(members))) % n_folds
-        offset += len(members)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A class rarer than the fold count is legitimate here (it just misses some folds).
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+            folds[held_out] = fold
     return folds
