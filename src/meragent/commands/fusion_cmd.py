@@ -16,8 +16,34 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meragent.commands.choices import Augment, Device, FusionModel, Precision, Valence
+from meragent.commands.choices import FusionModel, Valence
 from meragent.commands.errors import friendly_errors
+from meragent.commands.fusion_options import (
+    AugmentFeaturesOpt,
+    AugmentOpt,
+    DataRootOpt,
+    DeviceOpt,
+    DropoutOpt,
+    EncodersOpt,
+    EpochsOpt,
+    FeaturesOpt,
+    FoldsOpt,
+    HiddenOpt,
+    LrOpt,
+    ModalityDropoutOpt,
+    ModelOpt,
+    PatienceOpt,
+    PcaOpt,
+    PrecisionOpt,
+    ProfileOpt,
+    SearchOpt,
+    SeedOpt,
+    SourceArg,
+    SplitOpt,
+    ThreadsOpt,
+    UniqueOpt,
+    ValenceOpt,
+)
 from meragent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,95 +55,6 @@ app = typer.Typer(
     help="Attention-fusion classifier for MER-SEMI / MER-NOISE (k-fold search, pseudo-labels).",
     no_args_is_help=True,
 )
-
-SourceArg = Annotated[
-    Path,
-    typer.Argument(help="Clips with labels: a MER folder, a CSV/JSONL manifest or a video folder."),
-]
-EncodersOpt = Annotated[
-    str,
-    typer.Option(
-        help="Comma-separated encoders under the feature cache; 'a+b' concatenates two into one "
-        "input (e.g. hubert-large,clip-large,text)."
-    ),
-]
-FeaturesOpt = Annotated[
-    Path | None,
-    typer.Option(help="Feature cache root (<root>/<encoder>/<clip>.npy); default: $HOME/features."),
-]
-SplitOpt = Annotated[
-    str | None, typer.Option(help="Only this split of the source (train, test1, ...).")
-]
-DataRootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-root", help="Folder manifest paths resolve against (default: its folder)."
-    ),
-]
-ProfileOpt = Annotated[
-    str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
-]
-FoldsOpt = Annotated[int, typer.Option(min=2, help="Cross-validation folds (stratified, seeded).")]
-SearchOpt = Annotated[int, typer.Option(min=1, help="Hyper-parameter combinations to draw.")]
-EpochsOpt = Annotated[int, typer.Option(min=1, help="Epochs per fold (best held-out epoch kept).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of folds, draws, weights and batch order.")]
-ModelOpt = Annotated[
-    FusionModel,
-    typer.Option(
-        "--model",
-        help="Architecture: attention (MER2024 Eq. 1-3) or mertools_attention (MERTools' release).",
-    ),
-]
-HiddenOpt = Annotated[str, typer.Option(help="Hidden sizes d to draw from (comma-separated).")]
-LrOpt = Annotated[str, typer.Option(help="Learning rates to draw from (comma-separated).")]
-DropoutOpt = Annotated[str, typer.Option(help="Dropout rates to draw from (comma-separated).")]
-UniqueOpt = Annotated[
-    bool, typer.Option("--unique", help="Never draw a combination twice (caps --search).")
-]
-PatienceOpt = Annotated[
-    int | None,
-    typer.Option(min=1, help="Stop a fold after this many epochs without a better held-out score."),
-]
-PcaOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--pca-dim",
-        min=1,
-        help="Train first layers on each input's top principal components (faster; the saved "
-        "model still reads raw features).",
-    ),
-]
-ModalityDropoutOpt = Annotated[
-    float,
-    typer.Option(
-        min=0.0,
-        max=0.99,
-        help="Drop a whole input of a training clip with this probability (noise robustness).",
-    ),
-]
-ValenceOpt = Annotated[
-    Valence, typer.Option(help="Valence head: auto (when labels have valence), on or off.")
-]
-DeviceOpt = Annotated[Device | None, typer.Option(help="cpu, cuda or auto (default: settings).")]
-ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for torch.")]
-PrecisionOpt = Annotated[
-    Precision | None,
-    typer.Option(
-        help="auto|fp32|bf16 for the stacked first layers (bf16 matmuls, fp32 master weights, "
-        "Adam and loss; default: the settings'; auto = bf16 where the CPU/GPU has it). "
-        "Recorded in the model's config.json."
-    ),
-]
-AugmentOpt = Annotated[
-    Augment | None,
-    typer.Option(
-        help="'corrupt': also train on features of corrupted copies (--augment-features)."
-    ),
-]
-AugmentFeaturesOpt = Annotated[
-    Path | None,
-    typer.Option(help="Feature cache of the corrupted copies (same encoders and clip names)."),
-]
 
 
 def _floats(text: str, what: str) -> list[float]:
