@@ -46,6 +46,47 @@ def read_folds(run: Path, folds: int) -> tuple[list[dict[str, Any]], list[int]]:
     return records, missing
 
 
+def merge_side_zero_shot(
+    run: Path, records: list[dict[str, Any]], grouper: Any, wheel: Path
+) -> list[int]:
+    """Folds run with ``--no-zero-shot`` whose base predictions a separate process wrote.
+
+    ``<run>_zero_shot/fold<k>.jsonl`` (rows ``{"name", "zero_shot"}``, the same prompt, decoding
+    and held-out names) is merged into the fold's ``predictions.jsonl`` and scored like the rest.
+    """
+    from meragent.finetune.lora_fold import score_systems
+    from meragent.finetune.ov_data import OVSample
+    from meragent.finetune.ov_eval import SystemPrediction
+
+    merged = []
+    for record in records:
+        side = run.parent / f"{run.name}_zero_shot" / f"fold{record['fold']}.jsonl"
+        if "zero_shot" in record["scores"]["english"] or not side.is_file():
+            continue
+        extra = {
+            row["name"]: row["zero_shot"]
+            for row in map(json.loads, side.read_text(encoding="utf-8").splitlines())
+        }
+        path = run / f"fold{record['fold']}" / "predictions.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if {r["name"] for r in rows} != set(extra):
+            raise SystemExit(f"{side}: not the held-out names of fold {record['fold']}")
+        for row in rows:
+            row["zero_shot"] = extra[row["name"]]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+        samples = [
+            OVSample(
+                name=r["name"], language=r["language"], description="", labels=r["ground_truth"]
+            )
+            for r in rows
+        ]
+        predictions = {"zero_shot": [SystemPrediction(**r["zero_shot"]) for r in rows]}
+        scores = score_systems(samples, predictions, grouper, wheel)
+        record["scores"]["english"]["zero_shot"] = scores["english"]["zero_shot"]
+        merged.append(record["fold"])
+    return merged
+
+
 def run_config(run: Path) -> dict[str, Any]:
     """The run's options (``results.json`` of any of its processes; ``fold`` differs only)."""
     path = run / "results.json"
@@ -125,6 +166,7 @@ def main() -> None:
         raise SystemExit(f"no finished fold under {args.run}")
     forms = args.wheel_dir / "word_forms.csv"
     grouper = embedding_grouper_factory(args.encoder, forms, None)  # calibrated default tau
+    side_zero_shot = merge_side_zero_shot(args.run, records, grouper, args.wheel_dir)
     pooled = pooled_scores(args.run, records, grouper, args.wheel_dir)
     samples, systems = pool_predictions(args.run, records)
     csv_path = write_openset_csv(RESULTS / "lora_5fold_openset.csv", samples, systems["lora"])
@@ -135,6 +177,7 @@ def main() -> None:
         "status": "complete" if not missing else f"partial: folds {missing} did not finish",
         "config": run_config(args.run),
         "precision": sorted({r.get("precision", "?") for r in records}),
+        "zero_shot_by_separate_process": side_zero_shot,
         "wall_seconds": wall_seconds(args.run, records, args.started),
         "scoring": {
             "grouper": f"embedding ({args.encoder}, word forms, default tau)",

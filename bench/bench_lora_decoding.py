@@ -10,7 +10,10 @@ The untuned base writes prose for the same samples as the in-process reasoning L
 (``--prose``: a short description request, free vs prose decoding), counting replies that hit
 the cap and replies that repeat a sentence.
 
-Usage: ``python bench/bench_lora_decoding.py --run runs/lora5 --fold 0 [--n 32]
+``--votes K`` (self-consistency, issue 14 item 4) also labels ``--vote-n`` held-out samples of
+the fold greedily and with K answers sampled at ``--temperature`` kept by majority vote.
+
+Usage: ``python bench/bench_lora_decoding.py --run runs/lora5 --fold 0 [--n 32] [--votes 3]
 [--out bench/results/lora_decoding.json]``.
 """
 
@@ -99,6 +102,34 @@ def prose_pass(lm: Any, samples: list[OVSample], decoding: DecodingSettings) -> 
     }
 
 
+def self_consistency(
+    lm: Any,
+    test: list[OVSample],
+    greedy: DecodingSettings,
+    args: argparse.Namespace,
+    budget: int,
+    grouper: Any,
+) -> dict[str, Any]:
+    """Greedy vs K sampled answers with a majority vote, on held-out samples of the fold."""
+    from meragent.finetune.ov_eval import predict_with_lm, score_wheel_system
+
+    sampled = greedy.model_copy(update={"temperature": args.temperature, "top_p": 0.95})
+    out: dict[str, Any] = {
+        "n_samples": len(test),
+        "votes": args.votes,
+        "temperature": args.temperature,
+    }
+    for name, decoding, votes in (("greedy", greedy, 1), ("vote", sampled, args.votes)):
+        t0 = time.perf_counter()
+        predictions = predict_with_lm(
+            lm, test, max_prompt_tokens=budget, decoding=decoding, votes=votes, progress=False
+        )
+        scores = score_system(test, predictions, grouper)
+        scores.update(score_wheel_system(test, predictions, args.wheel_dir))
+        out[name] = {"scores": scores, "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/lora5"))
@@ -107,6 +138,9 @@ def main() -> None:
     parser.add_argument("--prose", type=int, default=8, help="Prose replies of the base (0: off).")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ov332"))
     parser.add_argument("--wheel-dir", type=Path, default=Path("../shared/data/emotion_wheel"))
+    parser.add_argument("--votes", type=int, default=3, help="Self-consistency K (0: off).")
+    parser.add_argument("--vote-n", type=int, default=16, help="Held-out samples for the vote.")
+    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/lora_decoding.json"))
     args = parser.parse_args()
@@ -152,6 +186,12 @@ def main() -> None:
         stats["scores"] = score_system(samples, predictions, grouper)
         result["labeler"][name] = stats
         print(name, json.dumps(stats))
+    if args.votes > 1:
+        test = sorted((s for s in dataset.samples if s.name in held_out), key=lambda s: s.name)
+        result["self_consistency"] = self_consistency(
+            lm, test[: args.vote_n], ending, args, budget, grouper
+        )
+        print(json.dumps(result["self_consistency"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {args.out}")
