@@ -55,7 +55,8 @@ def main() -> None:
         for sample, prediction in zip(test, predictions, strict=True):
             row = {"name": sample.name, "zero_shot": prediction.model_dump()}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"load {t1 - t0:.0f}s, predict {time.perf_counter() - t1:.0f}s, {len(test)} -> {args.out}")
+    seconds = time.perf_counter() - t1
+    print(f"load {t1 - t0:.0f}s, predict {seconds:.0f}s, {len(test)} samples -> {args.out}")
 
 
 if __name__ == "__main__":
