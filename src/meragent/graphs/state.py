@@ -49,13 +49,13 @@ class ClipInput(TypedDict):
     clip: Clip
 
 
-class ClipState(TypedDict, total=False):
-    """Everything the nodes read and write for one clip."""
+class ClipOutput(TypedDict, total=False):
+    """What a finished run returns."""
 
-    run_id: str
     clip: Clip
     media: MediaInfo
     # The three tool nodes (and the describers) write in the same super-step: lists concatenate.
+    # (The output schema carries the same reducers as the state: one channel per key.)
     clues: Annotated[list[Clue], operator.add]
     transcript: str
     description: str
@@ -67,17 +67,7 @@ class ClipState(TypedDict, total=False):
     flags: Annotated[list[str], operator.add]
 
 
-class ClipOutput(TypedDict, total=False):
-    """What a finished run returns."""
+class ClipState(ClipOutput, total=False):
+    """Everything the nodes read and write for one clip: the output and the run it is part of."""
 
-    clip: Clip
-    media: MediaInfo
-    clues: list[Clue]
-    transcript: str
-    description: str
-    llm_choice: str | None
-    fusion: FusionInfo
-    labels: list[str]
-    prediction: Prediction
-    metrics: dict[str, Any]
-    flags: list[str]
+    run_id: str

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -99,6 +99,9 @@ def dumps(value: Any) -> str | None:
     if value is None:
         return None
     return to_json(value, fallback=str).decode("utf-8")
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def loads(text: str | None) -> Any:
@@ -248,16 +251,9 @@ class TraceStore:
                     (run_id,),
                 ).fetchall()
             )
-        return RunRecord(
-            run_id=row["run_id"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            status=row["status"],
-            track=row["track"],
-            profile=row["profile"],
-            source=row["source"],
-            config=loads(row["config_json"]),
-            usage=loads(row["usage_json"]),
+        return _from_row(
+            RunRecord,
+            row,
             n_clips=row["n_clips"] or 0,
             n_ok=counts.get("ok", 0),
             n_degraded=counts.get("degraded", 0),
@@ -298,18 +294,11 @@ class TraceStore:
                 "SELECT * FROM step WHERE run_id=? AND clip_id=? ORDER BY id", (run_id, clip_id)
             ).fetchall()
         return [
-            StoredStep(
-                id=row["id"],
-                run_id=row["run_id"],
-                clip_id=row["clip_id"],
-                node=row["node"],
-                model_id=row["model_id"],
-                inputs=loads(row["inputs_json"]),
-                prompt=loads(row["prompt_json"]),
-                raw_output=row["raw_output"],
+            _from_row(
+                StoredStep,
+                row,
                 parsed_output=loads(row["parsed_json"]),
                 latency_s=row["latency_s"] or 0.0,
-                error=row["error"],
                 retries=row["retries"] or 0,
                 started_at=datetime.fromisoformat(row["started_at"]),
             )
@@ -449,20 +438,21 @@ class TraceStore:
 
 
 def _record(row: sqlite3.Row) -> ClipRecord:
-    return ClipRecord(
-        run_id=row["run_id"],
-        clip_id=row["clip_id"],
-        seq=row["seq"],
-        status=row["status"],
-        discrete=row["discrete"],
-        openset=loads(row["openset_json"]),
-        description=row["description"],
-        stage=row["stage"],
-        error=row["error"],
-        latency_s=row["latency_s"],
-        result=loads(row["result_json"]),
-        finished_at=row["finished_at"],
-    )
+    return _from_row(ClipRecord, row)
+
+
+def _from_row(model: type[_Model], row: sqlite3.Row, **values: Any) -> _Model:
+    """``model`` from a row: each field not in ``values`` from its column (``<field>_json``
+    decoded)."""
+    columns = row.keys()
+    for name in model.model_fields:
+        if name in values:
+            continue
+        if name in columns:
+            values[name] = row[name]
+        elif f"{name}_json" in columns:
+            values[name] = loads(row[f"{name}_json"])
+    return model(**values)
 
 
 class StepBuffer:
