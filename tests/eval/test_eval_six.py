@@ -121,3 +121,12 @@ def test_sklearn_agrees_with_missing_prediction_placeholder() -> None:
     report = six_class_metrics(y_true, y_pred)
     placeholder = [p if p is not None else "<missing>" for p in y_pred]
     assert abs(report.waf - f1_score(y_true, placeholder, average="weighted")) < 1e-12
+
+
+def test_no_prediction_at_all_scores_zero_with_an_empty_confusion() -> None:
+    report = six_class_metrics(["happy", "sad"], [None, None])
+    assert report.n_missing_predictions == 2
+    assert report.accuracy == 0.0
+    assert report.waf == 0.0
+    assert np.array(report.confusion).shape == (6, 6)
+    assert sum(map(sum, report.confusion)) == 0

@@ -93,6 +93,8 @@ def _confusion(true_ids: np.ndarray, pred_ids: np.ndarray) -> np.ndarray:
     from sklearn.metrics import confusion_matrix
 
     predicted = pred_ids >= 0
+    if not predicted.any():  # sklearn refuses empty input; no prediction is an all-zero matrix
+        return np.zeros((len(LABEL_IDS), len(LABEL_IDS)), dtype=np.int64)
     return confusion_matrix(true_ids[predicted], pred_ids[predicted], labels=LABEL_IDS)
 
 
