@@ -104,3 +104,16 @@ def test_pooling_refuses_a_sample_predicted_twice(
     folds = run_lora_cv(config)["folds"]
     with pytest.raises(DataError, match="predicted by folds 0 and 0"):
         pool_predictions(config.out_dir, [folds[0], folds[0]])
+
+
+def test_a_fold_killed_after_zero_shot_keeps_the_base_predictions(
+    tiny_llama: Path, tmp_path: Path, looping_labeler: list[int]
+) -> None:
+    config = _config(tmp_path, tiny_llama, fold=2)
+    run_lora_cv(config)
+    fold_dir = config.out_dir / "fold2"
+    assert (fold_dir / "zero_shot.jsonl").is_file()
+    (fold_dir / "fold.json").unlink()  # as if killed before the fold finished
+    before = len(looping_labeler)
+    run_lora_cv(config)
+    assert len(looping_labeler) - before == 1  # only the LoRA model generated again

@@ -116,7 +116,7 @@ def run_fold(context: FoldContext, strategy: FoldStrategy, fold: int) -> dict[st
     timings: dict[str, float] = {}
     if config.zero_shot:
         t0 = time.perf_counter()
-        systems["zero_shot"] = strategy.predict(strategy.base, test, f"zero-shot f{fold}")
+        systems["zero_shot"] = _zero_shot(strategy, test, fold_dir, fold)
         timings["zero_shot_eval_s"] = time.perf_counter() - t0
         report(f"fold {fold}: zero-shot done in {timings['zero_shot_eval_s']:.0f}s")
     if context.lexicon is not None:
@@ -161,6 +161,30 @@ def run_fold(context: FoldContext, strategy: FoldStrategy, fold: int) -> dict[st
         "scores": scores,
     }
     return finish_fold(config, fold, record)
+
+
+ZERO_SHOT_CACHE = "zero_shot.jsonl"
+
+
+def _zero_shot(
+    strategy: FoldStrategy, test: list[OVSample], fold_dir: Path, fold: int
+) -> list[SystemPrediction]:
+    """The base's predictions, kept on disk: a run killed later in the fold does not redo them."""
+    path = fold_dir / ZERO_SHOT_CACHE
+    names = [s.name for s in test]
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        if [row["name"] for row in rows] == names:
+            return [SystemPrediction(**row["prediction"]) for row in rows]
+    predictions = strategy.predict(strategy.base, test, f"zero-shot f{fold}")
+    lines = [
+        json.dumps({"name": name, "prediction": p.model_dump()}, ensure_ascii=False) + "\n"
+        for name, p in zip(names, predictions, strict=True)
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return predictions
 
 
 def _write_card(
