@@ -165,7 +165,7 @@ class StackTrainer:
         import torch.nn.functional as F
 
         data = self.data
-        xs = [x[index] for x in self.xs]
+        xs = [_gather(x, index) for x in self.xs]
         mask = data.present[index].unsqueeze(2)
         if self.config.modality_dropout > 0:
             mask = self.dropout.drop_branches(mask, self.config.modality_dropout)
@@ -271,7 +271,7 @@ class StackTrainer:
             params = self._compute_params()
             for start in range(0, self.plan.val_rows.shape[1], EVAL_CHUNK):
                 index = self.plan.val_rows[:, start : start + EVAL_CHUNK]
-                xs = [x[index] for x in self.xs]
+                xs = [_gather(x, index) for x in self.xs]
                 mask = self.data.present[index].unsqueeze(2)
                 with autocast(self.device, "fp32" if self.manual else self.config.precision):
                     out = self.arch.forward(params, xs, mask, self.n_combos).as_float()
@@ -311,6 +311,11 @@ class StackTrainer:
                 )
             )
         return StackOutcome(results, self.best_params, self.best_logits, self.combos)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for a 2-D ``index`` of rows (index_select is many times faster on CPU)."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, x.shape[-1])
 
 
 def fused_adam(params: list[torch.Tensor], lr: float, weight_decay: float) -> torch.optim.Optimizer:
