@@ -19,9 +19,8 @@ clips/s at encoder batch 1 and N (issue 12), fp32 and bf16 (autocast, issue 13),
 similarity of each clip's pooled bf16 embedding to its fp32 one, on synthetic clips (spoken
 sentences from ``data.synth`` and talking-face frames). Configurations are timed alternately,
 ``--repeats`` rounds (every other one reversed), median taken, so a shared machine's load
-slows them alike; the 1-minute
-load average before and after is recorded. The result is merged into the JSON under
-``compare_<model>`` keys (other keys are kept)::
+slows them alike; the 1-minute load average before and after is recorded. The result is
+merged into the JSON under ``compare_<model>`` keys (other keys are kept)::
 
     .venv/bin/python bench/bench_encoders.py --mode compare --clips 8 --encoder-batch 8
 """
