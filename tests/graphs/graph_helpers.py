@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from meragent_fakes import FakeToolSet
 
 from meragent.data.media_types import DecodedMedia
-from meragent_fakes import FakeToolSet
 from meragent.schema import Clip, Clue, Modality
 
 
