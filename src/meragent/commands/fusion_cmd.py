@@ -290,7 +290,7 @@ def predict(
     )
     problems = _Problems()
     clips = _load_clips(source, split, data_root, problems)
-    table = predict_clips([c.id for c in clips], _feature_cache(features, profile), predictor)
+    table = predict_clips(clips, _feature_cache(features, profile), predictor)
     write_submission(table, out)
     typer.echo(f"predicted {len(table.clip_ids)} clips -> {out}")
     if table.skipped:

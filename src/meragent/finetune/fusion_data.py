@@ -71,9 +71,13 @@ class FeatureTable:
         return np.flatnonzero(self.present.any(axis=1))
 
 
-def _load_vector(cache: FeatureCache, encoder: str, clip_id: str) -> np.ndarray | None:
+def _load_vector(cache: FeatureCache, encoder: str, clip: str | Clip) -> np.ndarray | None:
+    """A name reads the folder as it is; a clip also refuses a vector recorded from other media
+    (a MER-NOISE copy extracted into the same folder), which then counts as missing."""
     try:
-        return cache.load(encoder, clip_id)
+        if isinstance(clip, str):
+            return cache.load(encoder, clip)
+        return cache.lookup_clip(encoder, clip)
     except FileNotFoundError:
         return None
 
@@ -87,7 +91,7 @@ def _dimension_error(clip_id: str, encoder: str, got: int, want: int, reference:
 
 def load_feature_table(
     cache: FeatureCache,
-    clip_ids: Sequence[str],
+    clips: Sequence[str | Clip],
     branches: Sequence[Sequence[str]],
     *,
     expected_dims: Mapping[str, int] | None = None,
@@ -95,17 +99,21 @@ def load_feature_table(
 ) -> FeatureTable:
     """Read every (branch, clip) feature; a missing file masks that branch for that clip.
 
+    A clip given as a ``Clip`` (not a bare name) refuses a vector its folder records as made
+    from other media: it counts as missing, so train/predict report it instead of using it.
+
     ``expected_dims`` (encoder -> width, e.g. from a trained model) fixes the widths; otherwise
     the first clip that has an encoder's feature sets it. A different width is a DataError naming
     the clip and the encoder. An encoder with no feature for any clip is a DataError too, unless
     ``require_every_encoder`` is False and its width is known (then its branches are masked).
     """
+    clip_ids = [c if isinstance(c, str) else c.id for c in clips]
     expected = dict(expected_dims or {})
     encoders = list(dict.fromkeys(e for branch in branches for e in branch))
     vectors: dict[str, list[np.ndarray | None]] = {}
     dims: dict[str, int] = {}
     for encoder in encoders:
-        column = [_load_vector(cache, encoder, clip_id) for clip_id in clip_ids]
+        column = [_load_vector(cache, encoder, clip) for clip in clips]
         want = expected.get(encoder)
         reference = "the width the model was trained with"
         first = next((i for i, v in enumerate(column) if v is not None), None)
@@ -234,7 +242,7 @@ def build_training_rows(
     report = DataReport(n_clips=len(clips))
     labelled = [c for c in clips if c.discrete is not None]
     report.unlabelled = [c.id for c in clips if c.discrete is None]
-    table = load_feature_table(cache, [c.id for c in labelled], branches)
+    table = load_feature_table(cache, labelled, branches)
     keep = table.rows_with_features()
     without = np.ones(len(labelled), dtype=bool)
     without[keep] = False

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from meragent.finetune.fusion_data import load_feature_table
-from meragent.schema import EMOTIONS
+from meragent.schema import EMOTIONS, Clip
 from meragent.tools.feature_cache import FeatureCache
 from meragent.tools.fusion_model import FusionPredictor
 
@@ -60,7 +60,7 @@ def encoder_widths(predictor: FusionPredictor) -> dict[str, int]:
 
 
 def predict_clips(
-    clip_ids: Sequence[str],
+    clip_ids: Sequence[str | Clip],
     cache: FeatureCache,
     predictor: FusionPredictor,
     *,
@@ -94,7 +94,7 @@ def _concatenate(parts: Sequence[PredictionTable]) -> PredictionTable:
 
 
 def _predict_chunk(
-    clip_ids: Sequence[str], cache: FeatureCache, predictor: FusionPredictor
+    clip_ids: Sequence[str | Clip], cache: FeatureCache, predictor: FusionPredictor
 ) -> PredictionTable:
     branches = [tuple(b.encoders) for b in predictor.config.branches]
     names = predictor.branch_names
