@@ -168,6 +168,16 @@ def _mask_float(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(dtype=like.dtype)
 
 
+def _output_specs(hidden: int, n_classes: int) -> dict[str, ParamSpec]:
+    """The class and valence heads every architecture ends with (added last: init order)."""
+    return {
+        "out.weight": ParamSpec("kc", (hidden, n_classes), hidden),
+        "out.bias": ParamSpec("kc", (n_classes,), hidden),
+        "val.weight": ParamSpec("kc", (hidden,), hidden),
+        "val.bias": ParamSpec("kc", (), hidden),
+    }
+
+
 class AttentionFusion(FusionArchitecture):
     """MER2024 Eq. 1-3 with masked softmax over the branches present."""
 
@@ -181,10 +191,7 @@ class AttentionFusion(FusionArchitecture):
             specs[f"enc{m}.bias"] = ParamSpec("first", (hidden,), dim)
         specs["att.weight"] = ParamSpec("kc", (hidden,), hidden)
         specs["att.bias"] = ParamSpec("kc", (), hidden)
-        specs["out.weight"] = ParamSpec("kc", (hidden, n_classes), hidden)
-        specs["out.bias"] = ParamSpec("kc", (n_classes,), hidden)
-        specs["val.weight"] = ParamSpec("kc", (hidden,), hidden)
-        specs["val.bias"] = ParamSpec("kc", (), hidden)
+        specs.update(_output_specs(hidden, n_classes))
         return specs
 
     def first_layer(self, branch: int) -> tuple[str, str]:
@@ -240,10 +247,7 @@ class MERToolsAttention(FusionArchitecture):
             specs[f"att.l{layer}.bias"] = ParamSpec("kc", (hidden,), hidden)
         specs["att.fc.weight"] = ParamSpec("kc", (hidden, len(dims)), hidden)
         specs["att.fc.bias"] = ParamSpec("kc", (len(dims),), hidden)
-        specs["out.weight"] = ParamSpec("kc", (hidden, n_classes), hidden)
-        specs["out.bias"] = ParamSpec("kc", (n_classes,), hidden)
-        specs["val.weight"] = ParamSpec("kc", (hidden,), hidden)
-        specs["val.bias"] = ParamSpec("kc", (), hidden)
+        specs.update(_output_specs(hidden, n_classes))
         return specs
 
     def first_layer(self, branch: int) -> tuple[str, str]:
