@@ -155,12 +155,21 @@ def _clips(prefix: str, n: int) -> list[Any]:
     ]  # fmt: skip
 
 
-def _time_anchor(graph: Any, clips: list[Any]) -> float:
-    started = time.perf_counter()
+def _time_anchor(graph: Any, clips: list[Any]) -> tuple[float, float]:
+    """(wall, CPU) ms per clip of the anchor."""
+    started, cpu = time.perf_counter(), time.process_time()
     for clip in clips:
         state = {"run_id": "a", "clip": clip.model_dump(mode="json")}
         graph.invoke(state, {"configurable": {"thread_id": clip.id}})
-    return (time.perf_counter() - started) / len(clips) * 1000
+    return _per_clip(started, cpu, len(clips))
+
+
+def _per_clip(started: float, cpu: float, n: int) -> tuple[float, float]:
+    """Wall and process CPU ms per clip since ``started`` / ``cpu`` (CPU: every thread's)."""
+    return (
+        (time.perf_counter() - started) / n * 1000,
+        (time.process_time() - cpu) / n * 1000,
+    )
 
 
 def _ours(workdir: Path) -> Any:
@@ -183,35 +192,44 @@ def _ours(workdir: Path) -> Any:
     return one
 
 
-def _time_ours(one: Any, clips: list[Any]) -> float:
-    started = time.perf_counter()
+def _time_ours(one: Any, clips: list[Any]) -> tuple[float, float]:
+    """(wall, CPU) ms per clip of ours."""
+    started, cpu = time.perf_counter(), time.process_time()
     for seq, clip in enumerate(clips):
         one(seq, clip)
-    return (time.perf_counter() - started) / len(clips) * 1000
+    return _per_clip(started, cpu, len(clips))
 
 
 def overhead(n_clips: int, rounds: int, workdir: Path) -> dict[str, Any]:
-    """Median ms/clip of the anchor and of ours over interleaved rounds (same load for both)."""
+    """Median ms/clip of the anchor and of ours over interleaved rounds (same load for both).
+
+    Wall time is what the target is about; process CPU time (all threads) is given beside it
+    because on a shared machine the wall time of both grows with the load.
+    """
     anchor = anchor_graph(workdir / "anchor.sqlite")
     ours = _ours(workdir)
     _time_anchor(anchor, _clips("warm-a", 20))
     _time_ours(ours, _clips("warm-o", 20))
     anchor_ms, ours_ms = [], []
+    before = load()
     for r in range(rounds):
         anchor_ms.append(_time_anchor(anchor, _clips(f"a{r}-", n_clips)))
         ours_ms.append(_time_ours(ours, _clips(f"o{r}-", n_clips)))
-    anchor_median, ours_median = statistics.median(anchor_ms), statistics.median(ours_ms)
-    result: dict[str, Any] = {
-        "clips_per_round": n_clips,
-        "rounds": rounds,
-        "anchor_ms_per_clip": round(statistics.median(anchor_ms), 2),
-        "ours_ms_per_clip": round(statistics.median(ours_ms), 2),
-        "anchor_rounds": [round(x, 2) for x in anchor_ms],
-        "ours_rounds": [round(x, 2) for x in ours_ms],
-    }
-    result["ratio"] = round(ours_median / anchor_median, 3)
+    result: dict[str, Any] = {"clips_per_round": n_clips, "rounds": rounds}
+    for kind, index in (("", 0), ("cpu_", 1)):
+        anchor_median = statistics.median(x[index] for x in anchor_ms)
+        ours_median = statistics.median(x[index] for x in ours_ms)
+        result[f"anchor_{kind}ms_per_clip"] = round(anchor_median, 2)
+        result[f"ours_{kind}ms_per_clip"] = round(ours_median, 2)
+        result[f"{kind}ratio"] = round(ours_median / anchor_median, 3)
+    result["anchor_rounds"] = [round(x[0], 2) for x in anchor_ms]
+    result["ours_rounds"] = [round(x[0], 2) for x in ours_ms]
+    result["load_avg_before"], result["load_avg_after"] = before, load()
     print(f"overhead: anchor {result['anchor_ms_per_clip']} ms/clip, ours "
-          f"{result['ours_ms_per_clip']} ms/clip, ratio {result['ratio']}", flush=True)  # fmt: skip
+          f"{result['ours_ms_per_clip']} ms/clip, ratio {result['ratio']} (CPU: anchor "
+          f"{result['anchor_cpu_ms_per_clip']}, ours {result['ours_cpu_ms_per_clip']}, "
+          f"ratio {result['cpu_ratio']}); load {before} -> {result['load_avg_after']}",
+          flush=True)  # fmt: skip
     return result
 
 
@@ -248,11 +266,13 @@ def throughput(n_clips: int, concurrency: int, workdir: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=10_000, help="clips of the throughput run")
+    parser.add_argument(
+        "--clips", type=int, default=10_000, help="clips of the throughput run (0: skip it)"
+    )
     parser.add_argument("--scale-clips", type=int, default=100_000, help="0: skip the scale run")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--overhead-clips", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="0: skip the overhead part")
     parser.add_argument("--out", type=Path, default=RESULTS / "graph.json")
     args = parser.parse_args()
 
@@ -266,10 +286,12 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-graph-") as tmp:
         workdir = Path(tmp)
-        report["overhead"] = overhead(args.overhead_clips, args.rounds, workdir)
-        small = report["throughput"] = throughput(args.clips, args.concurrency, workdir)
+        if args.rounds:
+            report["overhead"] = overhead(args.overhead_clips, args.rounds, workdir)
+        if args.clips:
+            small = report["throughput"] = throughput(args.clips, args.concurrency, workdir)
         _save(args.out, report)  # keep what is measured if the long run is cut short
-        if args.scale_clips:
+        if args.clips and args.scale_clips:
             big = throughput(args.scale_clips, args.concurrency, workdir)
             report["scale"] = {
                 "small_clips": small["clips"],
