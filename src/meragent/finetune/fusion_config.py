@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
+
+from meragent.tools.fusion_model import CVSummary
 
 if TYPE_CHECKING:
     import torch
@@ -98,8 +100,12 @@ class Combo:
     seed: int
 
 
-class ComboResult(BaseModel):
-    """Cross-validation result of one combination (each fold at its best held-out epoch)."""
+class ComboResult(CVSummary):
+    """Cross-validation result of one combination (each fold at its best held-out epoch).
+
+    The scores a saved model records (:class:`CVSummary`) plus the combination and the
+    per-fold details.
+    """
 
     index: int
     hidden: int
@@ -107,19 +113,39 @@ class ComboResult(BaseModel):
     dropout: float
     seed: int
     fold_score: list[float]
-    fold_waf: list[float]
-    fold_acc: list[float]
     fold_mse: list[float] | None = None
-    best_epochs: list[int]
     epochs_run: int
-    score_mean: float
-    score_std: float
-    waf_mean: float
-    waf_std: float
-    acc_mean: float
-    acc_std: float
-    mse_mean: float | None = None
-    mse_std: float | None = None
+
+    @classmethod
+    def of_folds(
+        cls,
+        combo: Combo,
+        *,
+        score: list[float],
+        waf: list[float],
+        acc: list[float],
+        mse: list[float] | None,
+        best_epochs: list[int],
+        epochs_run: int,
+    ) -> ComboResult:
+        """The combination's result from its per-fold scores (means, population stds)."""
+        return cls(
+            **asdict(combo),
+            fold_score=score,
+            fold_waf=waf,
+            fold_acc=acc,
+            fold_mse=mse,
+            best_epochs=best_epochs,
+            epochs_run=epochs_run,
+            **_mean_std("score", score),
+            **_mean_std("waf", waf),
+            **_mean_std("acc", acc),
+            **_mean_std("mse", mse),
+        )
+
+    def cv_summary(self) -> CVSummary:
+        """The scores a saved model of this combination records."""
+        return CVSummary(**self.model_dump(include=set(CVSummary.model_fields)))
 
     def summary(self) -> str:
         line = (
@@ -130,6 +156,13 @@ class ComboResult(BaseModel):
         if self.mse_mean is not None and self.mse_std is not None:
             line += f" MSE {self.mse_mean:.3f}±{self.mse_std:.3f}"
         return line
+
+
+def _mean_std(name: str, folds: list[float] | None) -> dict[str, float | None]:
+    """``{name}_mean`` and ``{name}_std`` over the folds (None for both when there are none)."""
+    if folds is None:
+        return {f"{name}_mean": None, f"{name}_std": None}
+    return {f"{name}_mean": float(np.mean(folds)), f"{name}_std": float(np.std(folds))}
 
 
 @dataclass

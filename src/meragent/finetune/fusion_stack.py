@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from meragent.config import autocast
 from meragent.eval.six import MER2023_MSE_WEIGHT
 from meragent.finetune.fusion_config import (
@@ -288,26 +286,14 @@ class StackTrainer:
             acc = self.best_acc[:, c].tolist()
             mse = self.best_mse[:, c].tolist() if self.with_valence else None
             results.append(
-                ComboResult(
-                    index=combo.index,
-                    hidden=combo.hidden,
-                    lr=combo.lr,
-                    dropout=combo.dropout,
-                    seed=combo.seed,
-                    fold_score=score,
-                    fold_waf=waf,
-                    fold_acc=acc,
-                    fold_mse=mse,
+                ComboResult.of_folds(
+                    combo,
+                    score=score,
+                    waf=waf,
+                    acc=acc,
+                    mse=mse,
                     best_epochs=[int(e) + 1 for e in self.best_epoch[:, c].tolist()],
                     epochs_run=self.epochs_run,
-                    score_mean=float(np.mean(score)),
-                    score_std=float(np.std(score)),
-                    waf_mean=float(np.mean(waf)),
-                    waf_std=float(np.std(waf)),
-                    acc_mean=float(np.mean(acc)),
-                    acc_std=float(np.std(acc)),
-                    mse_mean=None if mse is None else float(np.mean(mse)),
-                    mse_std=None if mse is None else float(np.std(mse)),
                 )
             )
         return StackOutcome(results, self.best_params, self.best_logits, self.combos)

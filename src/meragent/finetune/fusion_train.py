@@ -44,7 +44,6 @@ from meragent.tools.fusion_model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     BranchConfig,
-    CVSummary,
     FusionModelConfig,
 )
 
@@ -76,19 +75,6 @@ class FusionTrainResult:
 
     def model_config(self) -> FusionModelConfig:
         best = self.search.best
-        cv = CVSummary(
-            waf_mean=best.waf_mean,
-            waf_std=best.waf_std,
-            acc_mean=best.acc_mean,
-            acc_std=best.acc_std,
-            mse_mean=best.mse_mean,
-            mse_std=best.mse_std,
-            score_mean=best.score_mean,
-            score_std=best.score_std,
-            fold_waf=best.fold_waf,
-            fold_acc=best.fold_acc,
-            best_epochs=best.best_epochs,
-        )
         return FusionModelConfig(
             model=self.config.model,
             branches=self.branches,
@@ -104,7 +90,7 @@ class FusionTrainResult:
             modality_dropout=self.config.modality_dropout,
             pca_dim=self.config.pca_dim,
             precision=self.config.precision,
-            cv=cv,
+            cv=best.cv_summary(),
             n_train_clips=self.report.n_labelled,
             extra={"combo_index": best.index, "combo_seed": best.seed},
         )
