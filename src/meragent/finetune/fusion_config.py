@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
@@ -120,28 +120,17 @@ class ComboResult(CVSummary):
     def of_folds(
         cls,
         combo: Combo,
-        *,
-        score: list[float],
-        waf: list[float],
-        acc: list[float],
-        mse: list[float] | None,
+        folds: Mapping[str, list[float] | None],
         best_epochs: list[int],
         epochs_run: int,
     ) -> ComboResult:
-        """The combination's result from its per-fold scores (means, population stds)."""
-        return cls(
-            **asdict(combo),
-            fold_score=score,
-            fold_waf=waf,
-            fold_acc=acc,
-            fold_mse=mse,
-            best_epochs=best_epochs,
-            epochs_run=epochs_run,
-            **_mean_std("score", score),
-            **_mean_std("waf", waf),
-            **_mean_std("acc", acc),
-            **_mean_std("mse", mse),
-        )
+        """The combination's result from each metric's per-fold values (``score``, ``waf``,
+        ``acc``, ``mse``; ``mse`` None without valence): the lists, their means and stds."""
+        scores: dict[str, Any] = {}
+        for metric, values in folds.items():
+            scores[f"fold_{metric}"] = values
+            scores.update(_mean_std(metric, values))
+        return cls(**asdict(combo), **scores, best_epochs=best_epochs, epochs_run=epochs_run)
 
     def cv_summary(self) -> CVSummary:
         """The scores a saved model of this combination records."""
@@ -158,11 +147,11 @@ class ComboResult(CVSummary):
         return line
 
 
-def _mean_std(name: str, folds: list[float] | None) -> dict[str, float | None]:
-    """``{name}_mean`` and ``{name}_std`` over the folds (None for both when there are none)."""
+def _mean_std(metric: str, folds: list[float] | None) -> dict[str, float | None]:
+    """``<metric>_mean`` and ``<metric>_std`` over the folds (both None when there are none)."""
     if folds is None:
-        return {f"{name}_mean": None, f"{name}_std": None}
-    return {f"{name}_mean": float(np.mean(folds)), f"{name}_std": float(np.std(folds))}
+        return {f"{metric}_mean": None, f"{metric}_std": None}
+    return {f"{metric}_mean": float(np.mean(folds)), f"{metric}_std": float(np.std(folds))}
 
 
 @dataclass

@@ -288,10 +288,7 @@ class StackTrainer:
             results.append(
                 ComboResult.of_folds(
                     combo,
-                    score=score,
-                    waf=waf,
-                    acc=acc,
-                    mse=mse,
+                    {"score": score, "waf": waf, "acc": acc, "mse": mse},
                     best_epochs=[int(e) + 1 for e in self.best_epoch[:, c].tolist()],
                     epochs_run=self.epochs_run,
                 )
