@@ -89,6 +89,33 @@ def _dimension_error(clip_id: str, encoder: str, got: int, want: int, reference:
     )
 
 
+def _encoder_column(
+    cache: FeatureCache,
+    encoder: str,
+    clips: Sequence[str | Clip],
+    clip_ids: list[str],
+    want: int | None,
+    require: bool,
+) -> tuple[list[np.ndarray | None], int]:
+    """One encoder's vector per clip (None where missing) and their checked width."""
+    column = [_load_vector(cache, encoder, clip) for clip in clips]
+    reference = "the width the model was trained with"
+    first = next((i for i, v in enumerate(column) if v is not None), None)
+    if first is None and (require or want is None):
+        raise DataError(
+            f"no features for encoder {encoder!r} under {cache.root / encoder} "
+            f"for any of the {len(clip_ids)} clips"
+        )
+    if want is None and first is not None:
+        want = int(np.asarray(column[first]).shape[0])
+        reference = f"as in clip {clip_ids[first]!r}"
+    assert want is not None
+    for clip_id, vector in zip(clip_ids, column, strict=True):
+        if vector is not None and vector.shape[0] != want:
+            raise _dimension_error(clip_id, encoder, int(vector.shape[0]), want, reference)
+    return column, want
+
+
 def load_feature_table(
     cache: FeatureCache,
     clips: Sequence[str | Clip],
@@ -113,24 +140,9 @@ def load_feature_table(
     vectors: dict[str, list[np.ndarray | None]] = {}
     dims: dict[str, int] = {}
     for encoder in encoders:
-        column = [_load_vector(cache, encoder, clip) for clip in clips]
-        want = expected.get(encoder)
-        reference = "the width the model was trained with"
-        first = next((i for i, v in enumerate(column) if v is not None), None)
-        if first is None and (require_every_encoder or want is None):
-            raise DataError(
-                f"no features for encoder {encoder!r} under {cache.root / encoder} "
-                f"for any of the {len(clip_ids)} clips"
-            )
-        if want is None and first is not None:
-            want = int(np.asarray(column[first]).shape[0])
-            reference = f"as in clip {clip_ids[first]!r}"
-        assert want is not None
-        for clip_id, vector in zip(clip_ids, column, strict=True):
-            if vector is not None and vector.shape[0] != want:
-                raise _dimension_error(clip_id, encoder, int(vector.shape[0]), want, reference)
-        vectors[encoder] = column
-        dims[encoder] = want
+        vectors[encoder], dims[encoder] = _encoder_column(
+            cache, encoder, clips, clip_ids, expected.get(encoder), require_every_encoder
+        )
     configs, matrices = [], []
     present = np.zeros((len(clip_ids), len(branches)), dtype=bool)
     for m, branch in enumerate(branches):
