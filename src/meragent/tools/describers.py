@@ -25,12 +25,7 @@ from meragent.data.media_types import DecodedMedia
 from meragent.errors import LLMError
 from meragent.schema import Clip, Clue, Modality
 from meragent.tools.lazy import Lazy
-from meragent.tools.model_source import (
-    first_line,
-    model_load_errors,
-    resolve_model_source,
-    torch_dtype,
-)
+from meragent.tools.model_source import first_line, load_pretrained, resolve_model_source
 from meragent.tools.prompts import audio_prompt, video_prompt
 
 AUDIO_ROLE = "audio_llm"
@@ -177,12 +172,14 @@ def load_audio_llm(
     source = resolve_model_source(AUDIO_ROLE, model_id_or_path)
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    with model_load_errors(AUDIO_ROLE, source):
-        processor = AutoProcessor.from_pretrained(source)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            source, dtype=torch_dtype(dtype, device)
-        )
-    model.to(device).eval()
+    processor, model = load_pretrained(
+        AUDIO_ROLE,
+        source,
+        AutoProcessor,
+        Qwen2AudioForConditionalGeneration,
+        dtype=dtype,
+        device=device,
+    )
     return LocalAudioLLM(model=model, processor=processor, model_id=str(model_id_or_path))
 
 
@@ -197,12 +194,14 @@ def load_video_llm(
     source = resolve_model_source(VIDEO_ROLE, model_id_or_path)
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    with model_load_errors(VIDEO_ROLE, source):
-        processor = AutoProcessor.from_pretrained(source)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, dtype=torch_dtype(dtype, device)
-        )
-    model.to(device).eval()
+    processor, model = load_pretrained(
+        VIDEO_ROLE,
+        source,
+        AutoProcessor,
+        Qwen2_5_VLForConditionalGeneration,
+        dtype=dtype,
+        device=device,
+    )
     return LocalVideoLLM(
         model=model, processor=processor, model_id=str(model_id_or_path), max_pixels=max_pixels
     )
