@@ -136,31 +136,6 @@ class SlotOutcome:
     error: str | None = None
 
 
-def encode_with_slot(
-    cache: FeatureCache,
-    slot: EncoderSlot,
-    clip_id: str,
-    source: SourceStamp | None,
-    compute: Callable[[], np.ndarray],
-    given: Encoded,
-    *,
-    with_head: bool = True,
-) -> SlotOutcome:
-    """The clip's vector (see ``given_or_cached``) and its head's probabilities.
-
-    A per-clip failure becomes the outcome's error; a model that cannot load propagates.
-    """
-    feature_ref: str | None = None
-    try:
-        embedding, feature_ref = given_or_cached(cache, slot, clip_id, source, compute, given)
-        probs = head_probs(slot.head, embedding) if with_head else None
-    except ModelLoadError:
-        raise
-    except CLIP_ERRORS as exc:
-        return SlotOutcome(None, feature_ref, f"{slot.model_id}: {exc}")
-    return SlotOutcome(probs, feature_ref)
-
-
 @dataclass
 class EncoderSlot:
     """An embedding model for one modality, the feature name it writes, and an optional head."""
@@ -177,8 +152,41 @@ class EncoderSlot:
             self.recipe = FeatureRecipe(self.model_id)
 
 
+class EncoderTool(SlotEncoding):
+    """A modality tool's encoder slot as ``finish`` uses it for one clip."""
+
+    def encoded(
+        self,
+        clip: Clip,
+        encode: Callable[[Any], np.ndarray],
+        given: Encoded,
+        *,
+        text: str | None = None,
+        with_head: bool = True,
+    ) -> SlotOutcome:
+        """The clip's vector (see ``given_or_cached``) and its head's probabilities.
+
+        ``encode(model)`` makes the vector when neither the cache nor ``given`` has it;
+        ``text``: the encoded words (lexical), the vector's source instead of the clip's media.
+        A per-clip failure becomes the outcome's error; a model that cannot load propagates.
+        """
+        slot = self._slot()
+        source = encoder_source(self.modality, clip, text)
+        feature_ref: str | None = None
+        try:
+            embedding, feature_ref = given_or_cached(
+                self.cache, slot, clip.id, source, lambda: encode(slot.model.get()), given
+            )
+            probs = head_probs(slot.head, embedding) if with_head else None
+        except ModelLoadError:
+            raise
+        except CLIP_ERRORS as exc:
+            return SlotOutcome(None, feature_ref, f"{slot.model_id}: {exc}")
+        return SlotOutcome(probs, feature_ref)
+
+
 @dataclass
-class AcousticTool(SlotEncoding):
+class AcousticTool(EncoderTool):
     """Prosody clue (always, when enabled) + speech-encoder embedding and head probabilities."""
 
     cache: FeatureCache
@@ -224,14 +232,8 @@ class AcousticTool(SlotEncoding):
             if features.silent:
                 flags.append("silent")
         if self.encoder is not None:
-            slot = self.encoder
-            outcome = encode_with_slot(
-                self.cache,
-                slot,
-                clip.id,
-                SourceStamp.of_clip(clip),
-                lambda: slot.model.get().encode(audio, media.sample_rate),
-                vector,
+            outcome = self.encoded(
+                clip, lambda model: model.encode(audio, media.sample_rate), vector
             )
             probs, error = outcome.probs, outcome.error
             feature_ref = outcome.feature_ref or feature_ref
@@ -253,7 +255,7 @@ class AcousticTool(SlotEncoding):
 
 
 @dataclass
-class VisualTool(SlotEncoding):
+class VisualTool(EncoderTool):
     """Face crops → facial-expression probabilities and/or a CLIP embedding (+ head)."""
 
     cache: FeatureCache
@@ -302,15 +304,7 @@ class VisualTool(SlotEncoding):
             except CLIP_ERRORS as exc:
                 errors.append(f"facial expression: {exc}")
         if self.encoder is not None:
-            slot = self.encoder
-            outcome = encode_with_slot(
-                self.cache,
-                slot,
-                clip.id,
-                SourceStamp.of_clip(clip),
-                lambda: slot.model.get().encode_clip(faces.crops),
-                vector,
-            )
+            outcome = self.encoded(clip, lambda model: model.encode_clip(faces.crops), vector)
             feature_ref = outcome.feature_ref or feature_ref
             if outcome.error is not None:
                 errors.append(outcome.error)
@@ -364,7 +358,7 @@ class VisualTool(SlotEncoding):
 
 
 @dataclass
-class LexicalTool(SlotEncoding):
+class LexicalTool(EncoderTool):
     """Subtitle (given, or transcribed) → text clue + text embedding (+ head)."""
 
     cache: FeatureCache
@@ -390,14 +384,11 @@ class LexicalTool(SlotEncoding):
         subtitle, data, flags = heard
         outcome = SlotOutcome()
         if self.encoder is not None:
-            slot = self.encoder
-            outcome = encode_with_slot(
-                self.cache,
-                slot,
-                clip.id,
-                SourceStamp.of_text(subtitle),
-                lambda: slot.model.get().encode([subtitle])[0],
+            outcome = self.encoded(
+                clip,
+                lambda model: model.encode([subtitle])[0],
                 vector if heard_given(data) else None,
+                text=subtitle,
                 with_head=bool(subtitle),
             )
             if outcome.error is not None:
