@@ -88,13 +88,16 @@ class FusionArchitecture:
     #: True when training may compute the first layers' weight gradients by hand (one wide matmul
     #: into a preallocated buffer) because the input batch is shared by all combinations.
     manual_first_layer: ClassVar[bool] = False
+    #: Name of branch ``m``'s first linear layer (``{}`` is ``m``), its ``.weight`` and ``.bias``.
+    first_layer_name: ClassVar[str]
 
     def param_specs(self, dims: Sequence[int], hidden: int, n_classes: int) -> dict[str, ParamSpec]:
         raise NotImplementedError
 
     def first_layer(self, branch: int) -> tuple[str, str]:
         """Names of branch ``branch``'s first-layer weight and bias."""
-        raise NotImplementedError
+        name = self.first_layer_name.format(branch)
+        return f"{name}.weight", f"{name}.bias"
 
     def pre_activations(
         self,
@@ -116,7 +119,24 @@ class FusionArchitecture:
         mask: torch.Tensor,
         dropout: DropoutSource | None = None,
     ) -> HeadOutput:
-        """Everything after the first layers; ``mask`` is bool, broadcastable to ``(K,B,C,M)``."""
+        """Everything after the first layers; ``mask`` is bool, broadcastable to ``(K,B,C,M)``.
+
+        The fused embedding ``(K,B,C,d)`` meets the class and valence layers every
+        architecture ends with (:func:`_output_specs`).
+        """
+        fused, attention = self.fuse(params, pres, mask, dropout)
+        logits = _kc_linear(fused, params["out.weight"], params["out.bias"])
+        valence = _kc_vector(fused, params["val.weight"], params["val.bias"])
+        return HeadOutput(logits=logits, valence=valence, attention=attention)
+
+    def fuse(
+        self,
+        params: Mapping[str, torch.Tensor],
+        pres: Sequence[torch.Tensor],
+        mask: torch.Tensor,
+        dropout: DropoutSource | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The branches' fused embedding ``(K,B,C,d)`` and their attention weights."""
         raise NotImplementedError
 
     def forward(
@@ -183,6 +203,7 @@ class AttentionFusion(FusionArchitecture):
 
     name = "attention"
     manual_first_layer = True
+    first_layer_name = "enc{}"
 
     def param_specs(self, dims: Sequence[int], hidden: int, n_classes: int) -> dict[str, ParamSpec]:
         specs: dict[str, ParamSpec] = {}
@@ -194,16 +215,13 @@ class AttentionFusion(FusionArchitecture):
         specs.update(_output_specs(hidden, n_classes))
         return specs
 
-    def first_layer(self, branch: int) -> tuple[str, str]:
-        return f"enc{branch}.weight", f"enc{branch}.bias"
-
-    def head(
+    def fuse(
         self,
         params: Mapping[str, torch.Tensor],
         pres: Sequence[torch.Tensor],
         mask: torch.Tensor,
         dropout: DropoutSource | None = None,
-    ) -> HeadOutput:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         n_combos = params["att.weight"].shape[1]
@@ -218,9 +236,7 @@ class AttentionFusion(FusionArchitecture):
         if dropout is not None:
             k, b, _, d = fused.shape
             fused = fused * dropout.keep((k, b, d)).permute(1, 2, 0, 3)
-        logits = _kc_linear(fused, params["out.weight"], params["out.bias"])
-        valence = _kc_vector(fused, params["val.weight"], params["val.bias"])
-        return HeadOutput(logits=logits, valence=valence, attention=alpha)
+        return fused, alpha
 
 
 class MERToolsAttention(FusionArchitecture):
@@ -228,6 +244,7 @@ class MERToolsAttention(FusionArchitecture):
 
     name = "mertools_attention"
     manual_first_layer = False
+    first_layer_name = "enc{}.l1"
     #: Linear layers per MLP encoder (MERTools' ``MLPEncoder``).
     depth = 3
 
@@ -249,9 +266,6 @@ class MERToolsAttention(FusionArchitecture):
         specs["att.fc.bias"] = ParamSpec("kc", (len(dims),), hidden)
         specs.update(_output_specs(hidden, n_classes))
         return specs
-
-    def first_layer(self, branch: int) -> tuple[str, str]:
-        return f"enc{branch}.l1.weight", f"enc{branch}.l1.bias"
 
     def pre_activations(
         self,
@@ -289,13 +303,13 @@ class MERToolsAttention(FusionArchitecture):
             )
         return x
 
-    def head(
+    def fuse(
         self,
         params: Mapping[str, torch.Tensor],
         pres: Sequence[torch.Tensor],
         mask: torch.Tensor,
         dropout: DropoutSource | None = None,
-    ) -> HeadOutput:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         n_combos = params["out.weight"].shape[1]
@@ -313,10 +327,7 @@ class MERToolsAttention(FusionArchitecture):
         att = torch.relu(_kc_linear(concat, params["att.l1.weight"], params["att.l1.bias"]))
         att = self._mlp_tail(params, "att", att)
         weights = _kc_linear(att, params["att.fc.weight"], params["att.fc.bias"]) * maskf
-        fused = (weights.unsqueeze(-1) * hidden).sum(dim=3)
-        logits = _kc_linear(fused, params["out.weight"], params["out.bias"])
-        valence = _kc_vector(fused, params["val.weight"], params["val.bias"])
-        return HeadOutput(logits=logits, valence=valence, attention=weights)
+        return (weights.unsqueeze(-1) * hidden).sum(dim=3), weights
 
 
 #: Model registry: name -> architecture.
