@@ -8,6 +8,7 @@ some clips lacked features (the last line says how many); 2 usage or configurati
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,34 +17,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meragent.commands.choices import FusionModel, Valence
 from meragent.commands.errors import friendly_errors
 from meragent.commands.fusion_options import (
     AugmentFeaturesOpt,
     AugmentOpt,
     DataRootOpt,
     DeviceOpt,
-    DropoutOpt,
     EncodersOpt,
-    EpochsOpt,
     FeaturesOpt,
-    FoldsOpt,
-    HiddenOpt,
-    LrOpt,
-    ModalityDropoutOpt,
-    ModelOpt,
-    PatienceOpt,
-    PcaOpt,
-    PrecisionOpt,
     ProfileOpt,
-    SearchOpt,
-    SeedOpt,
     SourceArg,
     SplitOpt,
-    ThreadsOpt,
-    UniqueOpt,
-    ValenceOpt,
+    TrainingOptions,
 )
+from meragent.commands.options import option_groups
 from meragent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -117,54 +104,29 @@ def _feature_cache(features: Path | None, profile: str | None) -> FeatureCache:
     return FeatureCache(root)
 
 
-def _train_config(
-    *,
-    model: str,
-    folds: int,
-    search: int,
-    epochs: int,
-    seed: int,
-    hidden: str,
-    lr: str,
-    dropout: str,
-    unique: bool,
-    patience: int | None,
-    pca_dim: int | None,
-    modality_dropout: float,
-    valence: str,
-    device: str | None,
-    threads: int | None,
-    profile: str | None,
-    precision: str | None = None,
-) -> FusionTrainConfig:
+def _train_config(options: TrainingOptions, profile: str | None) -> FusionTrainConfig:
+    """The run's FusionTrainConfig: the options (but the feature cache) under their own names,
+    the comma-separated grids parsed, device and precision resolved against the settings."""
     from pydantic import ValidationError
 
     from meragent.config import announce_precision, load_settings
     from meragent.finetune.fusion_train import FusionTrainConfig
 
-    settings = load_settings(profile=profile, device=device, precision=precision)
+    settings = load_settings(profile=profile, device=options.device, precision=options.precision)
     resolved = announce_precision(settings.precision, settings.resolved_device())
-    if valence not in ("auto", "on", "off"):
-        raise ConfigError(f"--valence must be auto, on or off, got {valence!r}")
+    if options.valence not in ("auto", "on", "off"):
+        raise ConfigError(f"--valence must be auto, on or off, got {options.valence!r}")
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    del fields["features"]  # where the vectors are read from, not how the model trains
+    fields.update(
+        hidden=_ints(options.hidden, "hidden"),
+        lr=_floats(options.lr, "lr"),
+        dropout=_floats(options.dropout, "dropout"),
+        device=options.device or settings.device,
+        precision=resolved,
+    )
     try:
-        return FusionTrainConfig(
-            model=model,
-            folds=folds,
-            search=search,
-            epochs=epochs,
-            seed=seed,
-            hidden=_ints(hidden, "hidden"),
-            lr=_floats(lr, "lr"),
-            dropout=_floats(dropout, "dropout"),
-            unique=unique,
-            patience=patience,
-            pca_dim=pca_dim,
-            modality_dropout=modality_dropout,
-            valence=valence,
-            device=device or settings.device,
-            precision=resolved,
-            threads=threads,
-        )
+        return FusionTrainConfig(**fields)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -199,29 +161,15 @@ def _print_training(result: FusionTrainResult, out: Path) -> None:
 
 @app.command("train")
 @friendly_errors
+@option_groups
 def train(
     source: SourceArg,
     encoders: EncodersOpt,
     out: Annotated[Path, typer.Option(help="Directory to write the trained model into.")],
-    folds: FoldsOpt = 5,
-    search: SearchOpt = 50,
-    epochs: EpochsOpt = 100,
-    seed: SeedOpt = 0,
-    model: ModelOpt = FusionModel.attention,
-    features: FeaturesOpt = None,
-    hidden: HiddenOpt = "64,128,256",
-    lr: LrOpt = "1e-3,1e-4",
-    dropout: DropoutOpt = "0.2,0.3,0.4,0.5",
-    unique: UniqueOpt = False,
-    patience: PatienceOpt = None,
-    pca_dim: PcaOpt = None,
-    modality_dropout: ModalityDropoutOpt = 0.0,
+    *,
+    training: TrainingOptions,
     augment: AugmentOpt = None,
     augment_features: AugmentFeaturesOpt = None,
-    valence: ValenceOpt = Valence.auto,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
-    precision: PrecisionOpt = None,
     split: SplitOpt = None,
     data_root: DataRootOpt = None,
     profile: ProfileOpt = None,
@@ -230,30 +178,12 @@ def train(
     from meragent.finetune.fusion_data import parse_branches
     from meragent.finetune.fusion_train import save_fusion_model, train_fusion
 
-    config = _train_config(
-        model=model,
-        folds=folds,
-        search=search,
-        epochs=epochs,
-        seed=seed,
-        hidden=hidden,
-        lr=lr,
-        dropout=dropout,
-        unique=unique,
-        patience=patience,
-        pca_dim=pca_dim,
-        modality_dropout=modality_dropout,
-        valence=valence,
-        device=device,
-        threads=threads,
-        profile=profile,
-        precision=precision,
-    )
+    config = _train_config(training, profile)
     branches = parse_branches(encoders)
     augment_cache = _augment_cache(augment, augment_features)
     problems = _Problems()
     clips = _load_clips(source, split, data_root, problems)
-    cache = _feature_cache(features, profile)
+    cache = _feature_cache(training.features, profile)
     result = train_fusion(
         clips,
         cache,
@@ -346,6 +276,7 @@ def _print_scores(clips: list[Clip], table: object) -> None:
 
 @app.command("pseudo-label")
 @friendly_errors
+@option_groups
 def pseudo_label(
     source: SourceArg,
     unlabeled: Annotated[Path, typer.Option(help="The unlabelled pool (a manifest or folder).")],
@@ -370,23 +301,8 @@ def pseudo_label(
         Path | None,
         typer.Option(help="Test clips: never pseudo-labelled, even if they are in the pool."),
     ] = None,
-    folds: FoldsOpt = 5,
-    search: SearchOpt = 50,
-    epochs: EpochsOpt = 100,
-    seed: SeedOpt = 0,
-    model: ModelOpt = FusionModel.attention,
-    features: FeaturesOpt = None,
-    hidden: HiddenOpt = "64,128,256",
-    lr: LrOpt = "1e-3,1e-4",
-    dropout: DropoutOpt = "0.2,0.3,0.4,0.5",
-    unique: UniqueOpt = False,
-    patience: PatienceOpt = None,
-    pca_dim: PcaOpt = None,
-    modality_dropout: ModalityDropoutOpt = 0.0,
-    valence: ValenceOpt = Valence.auto,
-    device: DeviceOpt = None,
-    threads: ThreadsOpt = None,
-    precision: PrecisionOpt = None,
+    *,
+    training: TrainingOptions,
     data_root: DataRootOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -395,25 +311,7 @@ def pseudo_label(
     from meragent.finetune.fusion_train import save_fusion_model
     from meragent.finetune.pseudo_label import PseudoLabelConfig, pseudo_label_training
 
-    train_config = _train_config(
-        model=model,
-        folds=folds,
-        search=search,
-        epochs=epochs,
-        seed=seed,
-        hidden=hidden,
-        lr=lr,
-        dropout=dropout,
-        unique=unique,
-        patience=patience,
-        pca_dim=pca_dim,
-        modality_dropout=modality_dropout,
-        valence=valence,
-        device=device,
-        threads=threads,
-        profile=profile,
-        precision=precision,
-    )
+    train_config = _train_config(training, profile)
     config = PseudoLabelConfig(
         rounds=rounds, eta=eta, thresholds=_thresholds(threshold or []), train=train_config
     )
@@ -426,7 +324,7 @@ def pseudo_label(
     result = pseudo_label_training(
         labelled,
         pool,
-        _feature_cache(features, profile),
+        _feature_cache(training.features, profile),
         branches,
         config,
         test_ids=test_ids,

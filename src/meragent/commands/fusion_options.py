@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -97,3 +98,28 @@ AugmentFeaturesOpt = Annotated[
     Path | None,
     typer.Option(help="Feature cache of the corrupted copies (same encoders and clip names)."),
 ]
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What ``fusion train`` and ``fusion pseudo-label`` both train with: the k-fold search, the
+    feature cache it reads, the head and where it runs (an option group, see
+    :func:`meragent.commands.options.option_groups`)."""
+
+    folds: FoldsOpt = 5
+    search: SearchOpt = 50
+    epochs: EpochsOpt = 100
+    seed: SeedOpt = 0
+    model: ModelOpt = FusionModel.attention
+    features: FeaturesOpt = None
+    hidden: HiddenOpt = "64,128,256"
+    lr: LrOpt = "1e-3,1e-4"
+    dropout: DropoutOpt = "0.2,0.3,0.4,0.5"
+    unique: UniqueOpt = False
+    patience: PatienceOpt = None
+    pca_dim: PcaOpt = None
+    modality_dropout: ModalityDropoutOpt = 0.0
+    valence: ValenceOpt = Valence.auto
+    device: DeviceOpt = None
+    threads: ThreadsOpt = None
+    precision: PrecisionOpt = None
