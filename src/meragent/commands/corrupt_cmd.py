@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from meragent.commands.errors import friendly_errors
+from meragent.commands.options import DataRootOption, SplitOption
 
 
 @friendly_errors
@@ -43,15 +44,8 @@ def corrupt(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N clips (for a quick look).")
     ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="Only this split of the source (train, test1, ...).")
-    ] = None,
-    data_root: Annotated[
-        Path | None,
-        typer.Option(
-            "--data-root", help="Folder manifest paths resolve against (default: its folder)."
-        ),
-    ] = None,
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
 ) -> None:
     """Write a MER-NOISE copy of SOURCE: noisy audio, blurred frames, SNR and r per clip."""
     from meragent.data.corrupt import CorruptConfig, corrupt_dataset, parse_blur

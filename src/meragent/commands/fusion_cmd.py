@@ -21,16 +21,14 @@ from meragent.commands.errors import friendly_errors
 from meragent.commands.fusion_options import (
     AugmentFeaturesOpt,
     AugmentOpt,
-    DataRootOpt,
     DeviceOpt,
     EncodersOpt,
     FeaturesOpt,
     ProfileOpt,
     SourceArg,
-    SplitOpt,
     TrainingOptions,
 )
-from meragent.commands.options import option_groups
+from meragent.commands.options import DataRootOption, SplitOption, option_groups
 from meragent.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -170,8 +168,8 @@ def train(
     training: TrainingOptions,
     augment: AugmentOpt = None,
     augment_features: AugmentFeaturesOpt = None,
-    split: SplitOpt = None,
-    data_root: DataRootOpt = None,
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
     profile: ProfileOpt = None,
 ) -> None:
     """k-fold random search of the fusion head on cached features; save the best model."""
@@ -206,8 +204,8 @@ def predict(
     out: Annotated[Path, typer.Option(help="Submission CSV to write (name,discrete[,valence]).")],
     features: FeaturesOpt = None,
     device: DeviceOpt = None,
-    split: SplitOpt = None,
-    data_root: DataRootOpt = None,
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Predict every clip of SOURCE from cached features; write MER's submission CSV."""
@@ -303,7 +301,7 @@ def pseudo_label(
     ] = None,
     *,
     training: TrainingOptions,
-    data_root: DataRootOpt = None,
+    data_root: DataRootOption = None,
     profile: ProfileOpt = None,
 ) -> None:
     """MER-SEMI: train, pseudo-label the confident pool clips per class, retrain (R rounds)."""

@@ -25,15 +25,6 @@ FeaturesOpt = Annotated[
     Path | None,
     typer.Option(help="Feature cache root (<root>/<encoder>/<clip>.npy); default: $HOME/features."),
 ]
-SplitOpt = Annotated[
-    str | None, typer.Option(help="Only this split of the source (train, test1, ...).")
-]
-DataRootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-root", help="Folder manifest paths resolve against (default: its folder)."
-    ),
-]
 ProfileOpt = Annotated[
     str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
 ]

@@ -8,6 +8,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -16,6 +17,15 @@ R = TypeVar("R")
 
 ProfileOption = Annotated[
     str | None, typer.Option(help="Profile name (offline|small|full) or a TOML path.")
+]
+SplitOption = Annotated[
+    str | None, typer.Option(help="Only this split of the source (train, test1, ...).")
+]
+DataRootOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-root", help="Folder manifest paths resolve against (default: its folder)."
+    ),
 ]
 
 
