@@ -249,8 +249,26 @@ def _digest(tool: BatchableTool) -> str | None:
         return None
 
 
+class _SharedInner:
+    """A wrapper around a tool the graphs of one actor share: calls into it one at a time,
+    unless it says it is thread-safe (the graphs' own per-tool locks are per graph)."""
+
+    inner: Any
+    _lock: threading.Lock
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.inner, "name", type(self.inner).__name__))
+
+    def _serialised(self, call: Callable[[], Clue]) -> Clue:
+        if getattr(self.inner, "thread_safe", False):
+            return call()
+        with self._lock:
+            return call()
+
+
 @dataclass
-class StagedTool:
+class StagedTool(_SharedInner):
     """A toolset tool that, per clip, uses what the earlier stages computed for that clip.
 
     It serialises calls itself when the inner tool is not thread-safe (and says it is safe), so
@@ -262,10 +280,6 @@ class StagedTool:
     staged: StagedInputs
     thread_safe: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def name(self) -> str:
-        return str(getattr(self.inner, "name", type(self.inner).__name__))
 
     def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
         """``finish`` with the encoder stage's vector for this clip (``analyze`` without one)."""
@@ -279,30 +293,19 @@ class StagedTool:
             call = partial(self.inner.finish, clip, media, vector)
         else:
             call = partial(self.inner.analyze, clip, media)
-        if getattr(self.inner, "thread_safe", False):
-            return call()
-        with self._lock:
-            return call()
+        return self._serialised(call)
 
 
 @dataclass
-class SerialisedDescriber:
-    """An audio/video describer shared by an actor's graphs, one call at a time unless it is
-    thread-safe (the graphs' own per-tool locks are per graph)."""
+class SerialisedDescriber(_SharedInner):
+    """An audio/video describer shared by an actor's graphs (see :class:`_SharedInner`)."""
 
     inner: Describer
     thread_safe: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @property
-    def name(self) -> str:
-        return str(getattr(self.inner, "name", type(self.inner).__name__))
-
     def describe(self, clip: Clip, media: DecodedMedia, subtitle: str) -> Clue:
-        if getattr(self.inner, "thread_safe", False):
-            return self.inner.describe(clip, media, subtitle)
-        with self._lock:
-            return self.inner.describe(clip, media, subtitle)
+        return self._serialised(partial(self.inner.describe, clip, media, subtitle))
 
 
 @dataclass
