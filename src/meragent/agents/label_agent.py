@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from meragent.agents.call_record import call_fields
 from meragent.agents.chat import RoleChat
 from meragent.agents.labeler import labeler_messages, parse_labels
 
@@ -80,12 +81,5 @@ def extract_labels(chat: RoleChat, description: str, *, few_shot: bool = True) -
     if dropped:
         flags.append("dropped_non_emotion")
     return LabelResult(
-        labels=labels,
-        flags=flags,
-        raw=reply.text,
-        prompt=messages,
-        dropped=dropped,
-        retries=reply.retries,
-        latency_s=reply.latency_s,
-        usage=reply.usage,
+        labels=labels, flags=flags, dropped=dropped, **call_fields(reply, messages, reply.text)
     )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from meragent.agents.call_record import call_fields
 from meragent.agents.chat import ChatCallError, ChatReply, RoleChat
 from meragent.agents.prompts import SIX_CLASS_LIST, available_modalities, reasoning_messages
 from meragent.schema import EMOTION_ALIASES, EMOTIONS, Clue
@@ -261,12 +262,8 @@ def _result(
         description=description,
         choice=choice,
         flags=flags,
-        raw=raw,
-        prompt=messages,
         structured=structured,
-        retries=reply.retries,
-        latency_s=reply.latency_s,
-        usage=reply.usage,
+        **call_fields(reply, messages, raw),
     )
 
 
