@@ -41,22 +41,21 @@ VECTOR_FIELDS: tuple[str, ...] = (
 )
 
 
-@dataclass(kw_only=True)
+@dataclass
 class ProsodyFeatures:
-    """Numbers behind the prosody clue (None where the clip has no voiced speech: the default
-    of each measure that needs it)."""
+    """Numbers behind the prosody clue (None where the clip has no voiced speech)."""
 
     duration_s: float
     speech_s: float
     silent: bool
     voiced_ratio: float
-    pitch_median_hz: float | None = None
-    pitch_range_st: float | None = None
-    pitch_std_st: float | None = None
-    pitch_slope_st_per_s: float | None = None
-    energy_mean_db: float | None = None
-    energy_std_db: float | None = None
-    syllable_rate: float | None = None
+    pitch_median_hz: float | None
+    pitch_range_st: float | None
+    pitch_std_st: float | None
+    pitch_slope_st_per_s: float | None
+    energy_mean_db: float | None
+    energy_std_db: float | None
+    syllable_rate: float | None
     pause_count: int
     pause_ratio: float
 
@@ -160,8 +159,13 @@ def extract_prosody(audio: np.ndarray, sample_rate: int) -> ProsodyFeatures:
         speech_s=speech_s,
         silent=False,
         voiced_ratio=float(voiced.mean()) if n else 0.0,
+        pitch_median_hz=None,
+        pitch_range_st=None,
+        pitch_std_st=None,
+        pitch_slope_st_per_s=None,
         energy_mean_db=float(speech_energy.mean()),
         energy_std_db=float(speech_energy.std()),
+        syllable_rate=None,
         pause_count=pause_count,
         pause_ratio=pause_s / duration if duration > 0 else 0.0,
     )
@@ -190,6 +194,13 @@ def _silent_features(duration: float) -> ProsodyFeatures:
         speech_s=0.0,
         silent=True,
         voiced_ratio=0.0,
+        pitch_median_hz=None,
+        pitch_range_st=None,
+        pitch_std_st=None,
+        pitch_slope_st_per_s=None,
+        energy_mean_db=None,
+        energy_std_db=None,
+        syllable_rate=None,
         pause_count=0,
         pause_ratio=1.0 if duration > 0 else 0.0,
     )
