@@ -10,6 +10,7 @@ describers) can use it too.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +33,19 @@ class CallPolicy:
     backoff_max_s: float = 8.0
     jitter_s: float = 0.1
 
-    def retrying(self, runnable: Runnable[Any, Any]) -> Runnable[Any, Any]:
-        """``runnable`` with this policy: transient failures retried with exponential backoff."""
+    def retrying(
+        self,
+        runnable: Runnable[Any, Any],
+        retry_if: Callable[[BaseException], bool] | None = None,
+    ) -> Runnable[Any, Any]:
+        """``runnable`` with this policy: transient failures retried with exponential backoff.
+
+        ``retry_if`` (default :func:`is_retryable`) is asked once per failed attempt; callers
+        that count attempts pass a wrapper of ``is_retryable``. Build the result once and reuse
+        it: it holds no per-call state.
+        """
         return runnable.with_retry(
-            retry_if_exception_type=is_retryable,
+            retry_if_exception_type=retry_if or is_retryable,
             stop_after_attempt=self.max_retries + 1,
             wait_exponential_jitter=self.backoff_s > 0,
             exponential_jitter_params={

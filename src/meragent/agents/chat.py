@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from meragent.secrets import register_secret, scrub
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage, BaseMessage
-    from langchain_core.runnables import Runnable, RunnableConfig
+    from langchain_core.runnables import Runnable
 
 #: A backend factory builds a chat model for one role (``role_name`` is for error messages).
 ChatBackendFactory = Callable[[str, RoleConfig, Settings], "BaseChatModel"]
@@ -305,8 +306,31 @@ def message_text(message: Any) -> str:
     return "" if content is None else str(content)
 
 
+#: The failed attempts of the call running in this context (see :func:`_counted_retryable`).
+_FAILED_ATTEMPTS: ContextVar[list[int] | None] = ContextVar(
+    "meragent_failed_attempts", default=None
+)
+
+
+def _counted_retryable(exc: BaseException) -> bool:
+    """:func:`is_retryable`, counting the failed attempt for the call that runs it.
+
+    ``with_retry`` asks its predicate exactly once per failed attempt, in the caller's context
+    (LangChain runs the retry loop in a copy of it: the counter list is shared, not copied), so
+    one retrying runnable per role serves every thread and still gives each call its count.
+    """
+    failures = _FAILED_ATTEMPTS.get()
+    if failures is not None:
+        failures[0] += 1
+    return is_retryable(exc)
+
+
 class RoleChat:
-    """A chat model bound to a role, called under the retry policy with usage counting."""
+    """A chat model bound to a role, called under the retry policy with usage counting.
+
+    The retrying runnables (plain, and one per structured-output schema) and the call config
+    are built once: a call is the retry layer around the model, nothing more.
+    """
 
     def __init__(
         self,
@@ -317,6 +341,8 @@ class RoleChat:
         tally: UsageTally | None = None,
         prices: tuple[float, float] = (0.0, 0.0),
     ) -> None:
+        from langchain_core.runnables import RunnableConfig
+
         self.role = role
         self.model = model
         self.model_id = model_id_of(model)
@@ -325,31 +351,30 @@ class RoleChat:
         self._structured_ok: bool | None = None
         if tally is not None:
             tally.register(role, self.model_id, prices)
+        self._config = RunnableConfig(callbacks=tally.callbacks(role)) if tally else None
+        self._plain = self.policy.retrying(model, _counted_retryable)
+        self._by_schema: dict[type[BaseModel], Runnable[Any, Any]] = {}
+        self._by_schema_lock = threading.Lock()
 
-    def _config(self) -> RunnableConfig:
-        from langchain_core.runnables import RunnableConfig
-
-        if self.tally is None:
-            return RunnableConfig()
-        return RunnableConfig(callbacks=self.tally.callbacks(self.role))
+    def _structured(self, schema: type[BaseModel]) -> Runnable[Any, Any]:
+        """The retrying structured-output runnable of ``schema`` (built on first use)."""
+        with self._by_schema_lock:
+            runnable = self._by_schema.get(schema)
+            if runnable is None:
+                bound = self.model.with_structured_output(schema, include_raw=True)
+                runnable = self._by_schema[schema] = self.policy.retrying(bound, _counted_retryable)
+            return runnable
 
     def _attempts(self, runnable: Runnable[Any, Any], value: Any) -> tuple[Any, int, float]:
-        """``runnable.invoke(value)`` under the retry policy; return (result, retries, seconds)."""
-        from langchain_core.runnables import RunnableLambda
-
+        """``runnable.invoke(value)`` (a retrying one); return (result, retries, seconds)."""
         started = time.perf_counter()
-        attempts = 0
-        config = self._config()
-
-        def attempt(_: object) -> Any:
-            nonlocal attempts
-            attempts += 1
-            return runnable.invoke(value, config)
-
+        failures = [0]
+        token = _FAILED_ATTEMPTS.set(failures)
         try:
-            result = self.policy.retrying(RunnableLambda(attempt)).invoke(None)
+            result = runnable.invoke(value, self._config)
         except Exception as exc:
             elapsed = time.perf_counter() - started
+            attempts = max(failures[0], 1)
             self._count(attempts - 1, elapsed, failed=True)
             raise ChatCallError(
                 f"{self.role} ({self.model_id}) failed after {attempts} attempt(s): "
@@ -357,7 +382,9 @@ class RoleChat:
                 retries=attempts - 1,
                 transient=is_retryable(exc),
             ) from None
-        return result, attempts - 1, time.perf_counter() - started
+        finally:
+            _FAILED_ATTEMPTS.reset(token)
+        return result, failures[0], time.perf_counter() - started
 
     def _count(self, retries: int, latency: float, *, failed: bool) -> None:
         if self.tally is not None:
@@ -377,7 +404,7 @@ class RoleChat:
     def invoke(self, messages: MessageDicts) -> ChatReply:
         """Plain chat call; raises LLMError once retries are exhausted."""
         lc_messages = to_langchain_messages(messages)
-        message, retries, latency = self._attempts(self.model, lc_messages)
+        message, retries, latency = self._attempts(self._plain, lc_messages)
         return self._reply(message, retries, latency)
 
     def supports_structured_output(self) -> bool:
@@ -392,9 +419,8 @@ class RoleChat:
 
     def invoke_structured(self, messages: MessageDicts, schema: type[BaseModel]) -> StructuredReply:
         """Ask for ``schema`` via the model's tool/JSON-schema support; keep the raw reply."""
-        runnable = self.model.with_structured_output(schema, include_raw=True)
         lc_messages = to_langchain_messages(messages)
-        result, retries, latency = self._attempts(runnable, lc_messages)
+        result, retries, latency = self._attempts(self._structured(schema), lc_messages)
         reply = self._reply(result["raw"], retries, latency)
         parsed = result.get("parsed")
         error = result.get("parsing_error")
