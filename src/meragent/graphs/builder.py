@@ -11,13 +11,20 @@ models, media cache, trace sink) are its ``context_schema`` (:class:`GraphContex
 invoke: ``graph.invoke(input, config, context=ctx)``. Routing reads the context too, so one
 compiled graph serves every run and LLM server. Tests pass fakes and an ``InMemorySaver``; the
 batch runner passes a ``SqliteSaver``.
+
+Where the next node depends on the clip or the context, the node's update carries it
+(LangGraph's ``Command(update=..., goto=...)``, built by :func:`routed` from the node's plain
+update): a conditional edge would re-read the whole state once per source node (three times
+after the tools), which cost about a tenth of a clip's orchestration. What depends on the track
+alone is a static edge.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from langgraph.runtime import Runtime  # evaluated: LangGraph reads the routers' type hints
+from langgraph.runtime import Runtime  # evaluated: LangGraph reads the nodes' type hints
 
 from meragent.errors import ConfigError
 from meragent.graphs import nodes
@@ -43,13 +50,17 @@ def checkpoint_serializer() -> Any:
     return JsonPlusSerializer(allowed_msgpack_modules=[Clip, Clue, Prediction, Modality])
 
 
+#: Where a node goes next: the clip's state with the node's update applied, and the context.
+Route = Callable[[ClipState, GraphContext], Sequence[str]]
+
+
 class _Router:
-    """Conditional-edge functions; they read small state values and the run's context."""
+    """Where each node goes next, from last-value state keys (clip, media) and the context."""
 
     def __init__(self, track: str) -> None:
         self.track = track
 
-    def tools(self, state: ClipState) -> list[str]:
+    def tools(self, state: ClipState, ctx: GraphContext) -> list[str]:
         info = state.get("media", {})
         return [
             node
@@ -66,15 +77,16 @@ class _Router:
             and modality_available(info, state["clip"], DESCRIBER_MODALITY[node])
         ]
 
-    def after_tools(self, state: ClipState, runtime: Runtime[GraphContext]) -> list[str]:
-        return self.describers(state, runtime.context) or self.after_clues(state, runtime)
+    def after_tools(self, state: ClipState, ctx: GraphContext) -> list[str]:
+        return self.describers(state, ctx) or self.after_clues(state, ctx)
 
-    def after_clues(self, state: ClipState, runtime: Runtime[GraphContext]) -> list[str]:
-        if runtime.context.fusion_model is not None and self.track in ("semi", "noise"):
+    def after_clues(self, state: ClipState, ctx: GraphContext) -> list[str]:
+        if ctx.fusion_model is not None and self.track in ("semi", "noise"):
             return ["fusion"]
         return ["reasoning"]
 
-    def after_reasoning(self, state: ClipState) -> list[str]:
+    def after_reasoning(self) -> list[str]:
+        """Static: the track alone decides."""
         targets = []
         if self.track in SIX_CLASS_TRACKS:
             targets.append("fusion")
@@ -82,8 +94,25 @@ class _Router:
             targets.append("labeler")
         return targets
 
-    def after_answer(self, state: ClipState) -> str:
-        return "evaluator" if state["clip"].has_ground_truth else "__end__"
+    def after_answer(self, state: ClipState, ctx: GraphContext) -> list[str]:
+        return ["evaluator"] if state["clip"].has_ground_truth else []
+
+
+def routed(node: Any, route: Route) -> Any:
+    """``node`` whose update also names the next nodes (``Command(update=..., goto=route(...))``).
+
+    ``route`` sees the state with the node's update laid over it, as a conditional edge would
+    for the last-value keys it reads (clip, media); no next node ends the clip's graph.
+    """
+    from langgraph.types import Command
+
+    def run(state: ClipState, runtime: Runtime[GraphContext]) -> Any:
+        update = node(state, runtime)
+        goto = route({**state, **update}, runtime.context)
+        return Command(update=update, goto=list(goto))
+
+    run.__name__ = getattr(node, "__name__", "routed")
+    return run
 
 
 def build_graph(
@@ -98,26 +127,25 @@ def build_graph(
     graph = StateGraph(
         ClipState, context_schema=GraphContext, input_schema=ClipInput, output_schema=ClipOutput
     )
-    graph.add_node("load_media", traced("load_media", nodes.load_media))
+    clue_targets = (*DESCRIBER_NODES, "reasoning", "fusion")
+    node = traced("load_media", nodes.load_media)
+    graph.add_node("load_media", routed(node, route.tools), destinations=tuple(TOOL_NODES))
     for name, modality in TOOL_NODES.items():
-        graph.add_node(name, traced(name, nodes.tool_node(modality)))
+        node = traced(name, nodes.tool_node(modality))
+        # All tool nodes finish in the same super-step, so the next node runs once.
+        graph.add_node(name, routed(node, route.after_tools), destinations=clue_targets)
     for name, attribute in DESCRIBER_NODES.items():
-        describer = nodes.describer_node(attribute, DESCRIBER_MODALITY[name])
-        graph.add_node(name, traced(name, describer))
-    for name in ("reasoning", "fusion", "labeler", "answer", "evaluator"):
+        node = traced(name, nodes.describer_node(attribute, DESCRIBER_MODALITY[name]))
+        graph.add_node(name, routed(node, route.after_clues), destinations=("reasoning", "fusion"))
+    for name in ("reasoning", "fusion", "labeler", "evaluator"):
         graph.add_node(name, traced(name, getattr(nodes, name)))
+    node = traced("answer", nodes.answer)
+    graph.add_node("answer", routed(node, route.after_answer), destinations=("evaluator", END))
 
     graph.add_edge(START, "load_media")
-    graph.add_conditional_edges("load_media", route.tools, list(TOOL_NODES))
-    clue_targets = [*DESCRIBER_NODES, "reasoning", "fusion"]
-    for name in TOOL_NODES:
-        # All tool nodes finish in the same super-step, so the next node runs once.
-        graph.add_conditional_edges(name, route.after_tools, clue_targets)
-    for name in DESCRIBER_NODES:
-        graph.add_conditional_edges(name, route.after_clues, ["reasoning", "fusion"])
-    graph.add_conditional_edges("reasoning", route.after_reasoning, ["fusion", "labeler"])
+    for target in route.after_reasoning():
+        graph.add_edge("reasoning", target)
     graph.add_edge("fusion", "answer")
     graph.add_edge("labeler", "answer")
-    graph.add_conditional_edges("answer", route.after_answer, ["evaluator", END])
     graph.add_edge("evaluator", END)
     return graph.compile(checkpointer=checkpointer, name=f"meragent-{track}")
