@@ -308,28 +308,20 @@ class SerialisedDescriber(_SharedInner):
         return self._serialised(partial(self.inner.describe, clip, media, subtitle))
 
 
-@dataclass
-class StagedToolSet:
-    """The ToolSet shape the graph expects, with the three modality tools wrapped."""
+def staged_toolset(tools: ToolSet, staged: StagedInputs) -> ToolSet:
+    """The toolset with its modality tools staged and its describers serialised."""
+    from meragent.tools.registry import ToolSet as PlainToolSet
 
-    acoustic: ModalityTool
-    visual: ModalityTool
-    lexical: ModalityTool
-    audio_describer: Describer | None = None
-    video_describer: Describer | None = None
+    def serialised(describer: Describer | None) -> Describer | None:
+        return None if describer is None else SerialisedDescriber(describer)
 
-    @classmethod
-    def wrap(cls, tools: ToolSet, staged: StagedInputs) -> StagedToolSet:
-        def serialised(describer: Describer | None) -> Describer | None:
-            return None if describer is None else SerialisedDescriber(describer)
-
-        return cls(
-            acoustic=StagedTool("acoustic", tools.acoustic, staged),
-            visual=StagedTool("visual", tools.visual, staged),
-            lexical=StagedTool("lexical", tools.lexical, staged),
-            audio_describer=serialised(tools.audio_describer),
-            video_describer=serialised(tools.video_describer),
-        )
+    return PlainToolSet(
+        acoustic=StagedTool("acoustic", tools.acoustic, staged),
+        visual=StagedTool("visual", tools.visual, staged),
+        lexical=StagedTool("lexical", tools.lexical, staged),
+        audio_describer=serialised(tools.audio_describer),
+        video_describer=serialised(tools.video_describer),
+    )
 
 
 class StepCollector:
@@ -423,7 +415,7 @@ class GraphStage:
         self.steps = StepCollector()
         self.media = MediaCache(self.staged.decode, max_items=4 * context.concurrency + 4)
         # One toolset for every graph: the tools (and their locks) are per actor, not per server.
-        tools = StagedToolSet.wrap(self.runtimes[0].tools, self.staged)
+        tools = staged_toolset(self.runtimes[0].tools, self.staged)
         self.graph = build_graph(context.track)
         self.contexts = [
             runtime.context(trace=self.steps, media=self.media, tools=tools)

@@ -27,7 +27,7 @@ from typing import Any
 
 from meragent.config import RoleConfig, Settings, announce_precision
 from meragent.errors import ConfigError, ModelLoadError
-from meragent.tools.base import Describer
+from meragent.tools.base import Describer, ModalityTool
 from meragent.tools.feature_cache import FeatureCache, FeatureRecipe
 from meragent.tools.heads import EmotionHead, head_exists, load_head
 from meragent.tools.lazy import Lazy, shared
@@ -55,11 +55,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass
 class ToolSet:
-    """What the graph's tool nodes call for one clip."""
+    """What the graph's tool nodes call for one clip (the shape of ``tools.base.ToolSet``):
+    the run's own tools, or the Ray graph stage's wrappers around them."""
 
-    acoustic: AcousticTool
-    visual: VisualTool
-    lexical: LexicalTool
+    acoustic: ModalityTool
+    visual: ModalityTool
+    lexical: ModalityTool
     audio_describer: Describer | None = None
     video_describer: Describer | None = None
 
