@@ -19,7 +19,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import DataError, ModelLoadError
-from meragent.tools.model_source import load_pretrained, resolve_model_source
+from meragent.tools.model_source import load_encoder, resolve_model_source
 
 ROLE = "acoustic_encoder"
 Pooling = Literal["mean", "max"]
@@ -164,15 +164,12 @@ def load_acoustic_encoder(
         raise ModelLoadError(ROLE, source, f"unknown pooling {pooling!r} ({', '.join(POOLINGS)})")
     if chunk_s <= 0:
         raise ModelLoadError(ROLE, source, f"chunk_s must be positive, got {chunk_s}")
-    from transformers import AutoModel, Wav2Vec2FeatureExtractor
-
-    feature_extractor, model = load_pretrained(
-        ROLE, source, Wav2Vec2FeatureExtractor, AutoModel, dtype=dtype, device=device, layers=layers
-    )
-    return AcousticEncoder(
-        model=model,
-        feature_extractor=feature_extractor,
-        model_id=str(model_id_or_path),
+    return load_encoder(
+        AcousticEncoder,
+        ROLE,
+        model_id_or_path,
+        ("Wav2Vec2FeatureExtractor", "AutoModel"),
+        dtype=dtype,
         device=device,
         layers=layers,
         pooling=pooling,

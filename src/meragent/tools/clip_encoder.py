@@ -13,7 +13,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import DataError
-from meragent.tools.model_source import load_pretrained, resolve_model_source
+from meragent.tools.model_source import load_encoder
 
 ROLE = "visual_encoder"
 
@@ -74,16 +74,12 @@ def load_clip_encoder(
     model_id_or_path: str, *, device: str = "cpu", dtype: str = "float32", precision: str = "fp32"
 ) -> ClipImageEncoder:
     """Load a CLIP model and its image processor from a hub id or a local folder."""
-    source = resolve_model_source(ROLE, model_id_or_path)
-    from transformers import CLIPImageProcessor, CLIPModel
-
-    processor, model = load_pretrained(
-        ROLE, source, CLIPImageProcessor, CLIPModel, dtype=dtype, device=device
-    )
-    return ClipImageEncoder(
-        model=model,
-        processor=processor,
-        model_id=str(model_id_or_path),
+    return load_encoder(
+        ClipImageEncoder,
+        ROLE,
+        model_id_or_path,
+        ("CLIPImageProcessor", "CLIPModel"),
+        dtype=dtype,
         device=device,
         precision=precision,
     )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from meragent.errors import MeragentError, ModelLoadError
+
+E = TypeVar("E")
 
 # "org/name" or "name" (optionally "@revision"): what the hub accepts as a repository id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -95,6 +97,36 @@ def load_pretrained(
             )
     model.to(device).eval()
     return preprocessor, model
+
+
+def load_encoder(
+    encoder: Callable[..., E],
+    role: str,
+    model_id_or_path: str,
+    classes: tuple[str, str],
+    *,
+    dtype: str | None,
+    device: str,
+    layers: int | None = None,
+    **settings: Any,
+) -> E:
+    """An embedding model over a transformers checkpoint: ``encoder(model, preprocessor,
+    model_id, device, **settings)`` (the field order of the encoder dataclasses).
+
+    ``classes`` names the transformers preprocessor and model classes (imported only now);
+    ``layers``, the hidden states the encoder sums, is checked against the model (see
+    :func:`load_pretrained`) and passed on with the settings.
+    """
+    source = resolve_model_source(role, model_id_or_path)
+    import transformers
+
+    preprocessor_class, model_class = (getattr(transformers, name) for name in classes)
+    preprocessor, model = load_pretrained(
+        role, source, preprocessor_class, model_class, dtype=dtype, device=device, layers=layers
+    )
+    if layers is not None:
+        settings["layers"] = layers
+    return encoder(model, preprocessor, str(model_id_or_path), device, **settings)
 
 
 def torch_dtype(name: str | None, device: str) -> object:

@@ -14,7 +14,7 @@ import numpy as np
 
 from meragent.config import autocast
 from meragent.errors import ModelLoadError
-from meragent.tools.model_source import load_pretrained, resolve_model_source
+from meragent.tools.model_source import load_encoder
 
 ROLE = "text_encoder"
 BUNDLED_MINILM = "bundled:minilm"
@@ -111,16 +111,12 @@ def load_hf_text_encoder(
     precision: str = "fp32",
 ) -> HFTextEncoder:
     """Load an encoder-style language model and its tokenizer from a hub id or a local folder."""
-    source = resolve_model_source(ROLE, model_id_or_path)
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer, model = load_pretrained(
-        ROLE, source, AutoTokenizer, AutoModel, dtype=dtype, device=device, layers=layers
-    )
-    return HFTextEncoder(
-        model=model,
-        tokenizer=tokenizer,
-        model_id=str(model_id_or_path),
+    return load_encoder(
+        HFTextEncoder,
+        ROLE,
+        model_id_or_path,
+        ("AutoTokenizer", "AutoModel"),
+        dtype=dtype,
         device=device,
         layers=layers,
         max_length=max_length,
