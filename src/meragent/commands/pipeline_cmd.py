@@ -216,18 +216,15 @@ def batch_command(
     Exit code 0 when every clip is ok, 1 when some clip failed or was degraded or some source
     row was unusable (errors.csv lists them), 2 for a usage or configuration error.
     """
+    given = dict(locals())  # the options by name, before any other name is bound
     from meragent.graphs.batch import BatchOptions
 
     if source is None and not resume:
         raise fail("give the SOURCE to run (only --resume can take the run's own)")
     settings = load_settings(profile=profile, precision=precision)
+    # Each option that is a BatchOptions field goes there under its own name.
     options = BatchOptions(
-        track=track,
-        concurrency=concurrency,
-        resume=resume,
-        limit=limit,
-        allow_new_source=allow_new_source,
-        encoder_batch=encoder_batch,
+        **{name: given[name] for name in BatchOptions.model_fields if name in given}
     )
     ray = {"address": address, "gpus_per_worker": gpus_per_worker, "llm_urls": tuple(llm_url or ())}
     summary = _run_batch_on(executor, settings, source, run, options, ray)
