@@ -33,6 +33,7 @@ from meragent.errors import ConfigError
 
 if TYPE_CHECKING:
     from meragent.finetune.fusion_train import FusionTrainConfig, FusionTrainResult
+    from meragent.finetune.pseudo_label import PseudoLabelResult
     from meragent.schema import Clip
     from meragent.tools.feature_cache import FeatureCache
 
@@ -306,7 +307,6 @@ def pseudo_label(
 ) -> None:
     """MER-SEMI: train, pseudo-label the confident pool clips per class, retrain (R rounds)."""
     from meragent.finetune.fusion_data import parse_branches
-    from meragent.finetune.fusion_train import save_fusion_model
     from meragent.finetune.pseudo_label import PseudoLabelConfig, pseudo_label_training
 
     train_config = _train_config(training, profile)
@@ -328,6 +328,18 @@ def pseudo_label(
         test_ids=test_ids,
         progress=lambda message: typer.echo(message, err=True),
     )
+    _save_pseudo_labelling(result, out)
+    if result.no_features:
+        typer.echo(f"pool: {len(result.no_features)} clips had no features at all", err=True)
+    lacking = [*result.final.report.lacking_features(), *result.no_features]
+    problems.lacking_features = list(dict.fromkeys(lacking))
+    problems.finish()
+
+
+def _save_pseudo_labelling(result: PseudoLabelResult, out: Path) -> None:
+    """Write the final model, pseudo_labels.csv and rounds.json into ``out``; print the rounds."""
+    from meragent.finetune.fusion_train import save_fusion_model
+
     out.mkdir(parents=True, exist_ok=True)
     save_fusion_model(result.final, out / "model")
     _write_pseudo_labels(result.labels, out / "pseudo_labels.csv")
@@ -338,11 +350,6 @@ def pseudo_label(
         added = ", ".join(f"{k} {v}" for k, v in report.added.items())
         typer.echo(f"round {report.round}: added {sum(report.added.values())} ({added})")
     _print_training(result.final, out / "model")
-    if result.no_features:
-        typer.echo(f"pool: {len(result.no_features)} clips had no features at all", err=True)
-    lacking = [*result.final.report.lacking_features(), *result.no_features]
-    problems.lacking_features = list(dict.fromkeys(lacking))
-    problems.finish()
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:
