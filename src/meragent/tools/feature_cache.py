@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import numpy as np
 
@@ -140,6 +140,15 @@ class SourceStamp:
     @classmethod
     def of_text(cls, text: str) -> SourceStamp:
         return cls({"text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+
+
+class Wanted(TypedDict, total=False):
+    """What a cached vector must have been made from (``source``: the clip's media or text)
+    and by (``recipe``), as :meth:`FeatureCache.has`, ``lookup`` and ``load`` take it; either
+    may be None (not checked)."""
+
+    source: SourceStamp | None
+    recipe: FeatureRecipe | None
 
 
 @dataclass
@@ -269,32 +278,19 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ vectors
 
-    def has(
-        self,
-        encoder: str,
-        clip_id: str,
-        *,
-        source: SourceStamp | None = None,
-        recipe: FeatureRecipe | None = None,
-    ) -> bool:
-        """Whether a vector usable for this request is cached (any vector when no source given)."""
-        if source is None and recipe is None:
+    def has(self, encoder: str, clip_id: str, **wanted: Unpack[Wanted]) -> bool:
+        """Whether :meth:`lookup` finds a vector (any stored one when nothing is wanted)."""
+        if wanted.get("source") is None and wanted.get("recipe") is None:
             return self.path(encoder, clip_id).is_file()
-        return self.lookup(encoder, clip_id, source=source, recipe=recipe) is not None
+        return self.lookup(encoder, clip_id, **wanted) is not None
 
-    def lookup(
-        self,
-        encoder: str,
-        clip_id: str,
-        *,
-        source: SourceStamp | None = None,
-        recipe: FeatureRecipe | None = None,
-    ) -> np.ndarray | None:
+    def lookup(self, encoder: str, clip_id: str, **wanted: Unpack[Wanted]) -> np.ndarray | None:
         """The cached vector if it was made from ``source`` by ``recipe``, else None.
 
         Raises :class:`FeatureConflictError` when the folder records another recipe. Plain
         folders and lookups without a source return whatever vector is stored.
         """
+        source, recipe = wanted.get("source"), wanted.get("recipe")
         recorded = self.recipe_of(encoder)
         if recorded is not None and recipe is not None and recorded.digest != recipe.digest:
             raise FeatureConflictError(_conflict(self.folder(encoder), recorded, recipe))
@@ -361,23 +357,16 @@ class FeatureCache:
         _atomic_write_bytes(record_path, lambda handle: handle.write(text))
         return target
 
-    def load(
-        self,
-        encoder: str,
-        clip_id: str,
-        *,
-        source: SourceStamp | None = None,
-        recipe: FeatureRecipe | None = None,
-    ) -> np.ndarray:
+    def load(self, encoder: str, clip_id: str, **wanted: Unpack[Wanted]) -> np.ndarray:
         """Load one vector; MERTools files of shape (1, D) or (T, D) are mean-pooled to (D,).
 
         With ``source``/``recipe``, a vector made from other media or by another recipe raises
         ``DataError`` instead of being returned.
         """
         path = self.path(encoder, clip_id)
-        if source is None and recipe is None:
+        if wanted.get("source") is None and wanted.get("recipe") is None:
             return self._read(path, encoder, clip_id)
-        vector = self.lookup(encoder, clip_id, source=source, recipe=recipe)
+        vector = self.lookup(encoder, clip_id, **wanted)
         if vector is not None:
             return vector
         if not path.is_file():
