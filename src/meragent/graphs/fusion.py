@@ -46,10 +46,15 @@ def modality_probs(clues: Sequence[Clue]) -> dict[str, dict[str, float]]:
         dist = six_class_distribution(clue.probs)
         if dist is not None:
             grouped.setdefault(clue.modality.value, []).append(dist)
-    return {
-        modality: {e: float(np.mean([d[e] for d in dists])) for e in EMOTIONS}
-        for modality, dists in grouped.items()
-    }
+    return {modality: _mean_distribution(dists) for modality, dists in grouped.items()}
+
+
+def _mean_distribution(dists: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The class-wise mean of ``dists``; one distribution is its own mean (np.mean of a single
+    value is that value, and numpy's per-call cost was a tenth of a fake clip's fusion step)."""
+    if len(dists) == 1:
+        return {e: float(dists[0][e]) for e in EMOTIONS}
+    return {e: float(np.mean([d[e] for d in dists])) for e in EMOTIONS}
 
 
 def late_fusion(
