@@ -59,6 +59,23 @@ def test_group_fields_are_listed_in_the_parameter_s_place_with_their_help() -> N
     assert "--sizes" not in help_text
 
 
+def test_a_direct_call_gets_the_group_defaults_or_passes_its_own_group() -> None:
+    seen: list[Any] = []
+
+    @option_groups
+    def make(where: str, *, sizes: _Sizes, loud: bool = False) -> None:
+        seen.append((where, sizes, loud))
+
+    make("a")
+    make("b", width=5)
+    make("c", sizes=_Sizes(width=9, label="x"), loud=True)
+    assert seen == [
+        ("a", _Sizes(), False),
+        ("b", _Sizes(width=5), False),
+        ("c", _Sizes(width=9, label="x"), True),
+    ]
+
+
 def test_a_bad_group_value_is_a_usage_error() -> None:
     result = CliRunner().invoke(_app([]), ["make", "here", "--width", "wide"])
     assert result.exit_code == 2

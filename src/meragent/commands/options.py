@@ -62,11 +62,13 @@ def option_groups(command: Callable[..., R]) -> Callable[..., R]:
         )
 
     @functools.wraps(command)
-    def wrapper(**options: Any) -> R:
+    def wrapper(*args: Any, **options: Any) -> R:
         for name, group in groups.items():
-            fields = {field.name: options.pop(field.name) for field in dataclasses.fields(group)}
-            options[name] = group(**fields)
-        return command(**options)
+            names = [field.name for field in dataclasses.fields(group) if field.name in options]
+            fields = {field: options.pop(field) for field in names}
+            if name not in options:  # a direct caller may pass the group itself
+                options[name] = group(**fields)
+        return command(*args, **options)
 
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
