@@ -7,6 +7,7 @@ the client's own (``ChatOpenAI(timeout=...)``) against a real server on 127.0.0.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,40 @@ def test_describers_retry_under_the_same_policy(sleeps: list[float]) -> None:
     assert "Answer: neutral" in reply.content
     assert len(server.requests) == 3  # a garbage body is retried like a 500, no client retries
     assert len(sleeps) == 2
+
+
+def test_threads_sharing_one_role_each_get_their_own_retry_count(sleeps: list[float]) -> None:
+    # One retrying runnable serves every thread of a role: a call's retries are its own, even
+    # when another thread's call succeeds between its failed attempts.
+    first_failure, steady_done = threading.Event(), threading.Event()
+    failures = {"n": 0}
+
+    def reply(messages: Any) -> str:
+        if str(messages[-1].content) != "flaky":
+            return "steady"
+        failures["n"] += 1
+        if failures["n"] == 1:
+            first_failure.set()
+            raise ConnectionError("down (scripted)")
+        if failures["n"] == 2:
+            assert steady_done.wait(5)
+            raise ConnectionError("down again (scripted)")
+        return "recovered"
+
+    tally = UsageTally()
+    chat = _chat(ScriptedChatModel(reply=reply), retries=2, tally=tally)
+    replies: dict[str, Any] = {}
+
+    def flaky() -> None:
+        replies["flaky"] = chat.invoke([{"role": "user", "content": "flaky"}])
+
+    thread = threading.Thread(target=flaky)
+    thread.start()
+    assert first_failure.wait(5)
+    replies["steady"] = chat.invoke([{"role": "user", "content": "steady"}])
+    steady_done.set()
+    thread.join(5)
+    assert replies["steady"].text == "steady" and replies["steady"].retries == 0
+    assert replies["flaky"].text == "recovered" and replies["flaky"].retries == 2
+    usage = tally.as_dict()["reasoning"]
+    assert usage["calls"] == 2 and usage["retries"] == 2 and usage["failures"] == 0
