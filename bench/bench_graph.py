@@ -12,7 +12,8 @@ rows, the SQLite checkpointer, the run session (commit, counting, exports).
     fresh thread per clip;
   - ``ours``: what the in-process executor does per clip: the clip graph with the trace rows
     buffered and committed with the clip's result in one transaction, the checkpointer, and the
-    answered clip's thread pruned. ``ratio`` = ours / anchor (target ≤ 1.5).
+    answered clip's thread pruned. ``ratio`` = ours / anchor (target ≤ 1.5), wall time;
+    ``cpu_ratio`` the same in process CPU time (all threads), steadier on a shared machine.
 * ``throughput``: ``run_batch`` over N fake clips (default 10,000) at concurrency 8, periodic
   exports on (every 15 s), clips/s as the summary prints it (target ≥ 100 clips/s).
 * ``scale``: the same at a larger N (``--scale-clips``, default 100,000): exports are
