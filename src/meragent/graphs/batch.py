@@ -72,11 +72,31 @@ def thread_id(run_id: str, clip_id: str) -> str:
     return f"{run_id}/{clip_id}"
 
 
+#: LangGraph makes a thread pool per ``invoke`` (for parallel tasks and checkpoint writes), one
+#: thread per submit while none is idle: unbounded, ~4.5 threads started and joined per clip,
+#: a third of a batch's CPU at concurrency 8. Two workers (plus the calling thread) still run the
+#: three tool nodes of a super-step at once; the batch's parallelism is across clips.
+CLIP_MAX_CONCURRENCY = 2
+#: Each super-step's checkpoint is written before the next one starts (LangGraph's ``sync``):
+#: what a kill leaves is never older than with ``async``, and the writes need no extra thread.
+CLIP_DURABILITY = "sync"
+
+
+def clip_config(run_id: str, clip_id: str) -> dict[str, Any]:
+    """The LangGraph config of one clip's invocation (its thread, the per-invoke pool bound)."""
+    return {
+        "configurable": {"thread_id": thread_id(run_id, clip_id)},
+        "max_concurrency": CLIP_MAX_CONCURRENCY,
+    }
+
+
 def invoke_clip(
     graph: Any, run_id: str, clip: Clip, *, checkpointed: bool, context: GraphContext
 ) -> dict[str, Any]:
     """Run the graph on one clip; with a checkpointer, continue a thread a killed run left."""
-    config = {"configurable": {"thread_id": thread_id(run_id, clip.id)}}
+    config = clip_config(run_id, clip.id)
+    # Without a checkpointer LangGraph warns that a durability has no effect.
+    durability = CLIP_DURABILITY if graph.checkpointer is not None else None
     if checkpointed:
         snapshot = graph.get_state(config)
         values = snapshot.values or {}
@@ -84,13 +104,14 @@ def invoke_clip(
         # ``tasks``, not ``next``: a kill after every task of a super-step saved its writes but
         # before the next checkpoint leaves ``next`` empty while the step is still to be applied.
         if same_clip and snapshot.tasks:  # resume at the unfinished super-step
-            return dict(graph.invoke(None, config, context=context))
+            return dict(graph.invoke(None, config, context=context, durability=durability))
         if same_clip and "prediction" in values:
             return dict(values)  # finished but not recorded before the kill
         if values:
             # A fresh input on an old thread would append its clues to the stale ones.
             graph.checkpointer.delete_thread(thread_id(run_id, clip.id))
-    return dict(graph.invoke({"run_id": run_id, "clip": clip}, config, context=context))
+    state = {"run_id": run_id, "clip": clip}
+    return dict(graph.invoke(state, config, context=context, durability=durability))
 
 
 def open_checkpointer(path: Path) -> Any:
