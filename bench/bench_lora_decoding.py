@@ -126,7 +126,15 @@ def self_consistency(
         )
         scores = score_system(test, predictions, grouper)
         scores.update(score_wheel_system(test, predictions, args.wheel_dir))
-        out[name] = {"scores": scores, "seconds": round(time.perf_counter() - t0, 1)}
+        out[name] = {
+            "scores": scores,
+            "seconds": round(time.perf_counter() - t0, 1),
+            # Kept so another vote rule can be scored from the same K answers (raw: " || ").
+            "predictions": [
+                {"name": s.name, "labels": p.labels, "raw": p.raw, "flags": p.flags}
+                for s, p in zip(test, predictions, strict=True)
+            ],
+        }
     return out
 
 

@@ -64,6 +64,24 @@ def test_vote_keeps_labels_most_samples_name() -> None:
     assert "voted" in voted.flags
 
 
+def test_vote_counts_spellings_as_one_and_keeps_half() -> None:
+    sets = [["Worried", "sad"], ["worried"], ["angry"], ["sad", "tense"]]
+    voted = vote([SystemPrediction(labels=labels) for labels in sets])
+    # worried 2/4 and sad 2/4 reach half; angry and tense (1/4) do not.
+    assert voted.labels == ["Worried", "sad"]
+    assert "vote_fallback" not in voted.flags
+
+
+def test_vote_without_a_half_keeps_the_best_supported_answer_whole() -> None:
+    sets = [["happy"], ["sad", "tense"], ["tense", "angry"], ["calm"], ["relief"]]
+    voted = vote([SystemPrediction(labels=labels) for labels in sets])
+    # Nothing reaches 3 of 5; "tense" is named twice, so an answer holding it wins; mean
+    # support: [sad, tense] 1.5 = [tense, angry] 1.5 > the others' 1.0; the first of equals.
+    assert voted.labels == ["sad", "tense"]
+    assert "vote_fallback" in voted.flags
+    assert vote([SystemPrediction(labels=[]), SystemPrediction(labels=[])]).labels == []
+
+
 def test_stopping_criteria_marks_each_row(tiny_llama: Path) -> None:
     import torch
 

@@ -113,16 +113,38 @@ def parse_generation(text: str, *, hit_cap: bool = False) -> SystemPrediction:
 
 
 def vote(predictions: Sequence[SystemPrediction]) -> SystemPrediction:
-    """Self-consistency: labels named by more than half of the sampled answers, first seen first."""
+    """Self-consistency: the labels at least half of the sampled answers name, first seen first.
+
+    Labels are counted case-folded (``Worried`` and ``worried`` are one vote; the first spelling
+    is kept). When no label reaches half, the answer whose labels the others support most is
+    kept whole (flag ``vote_fallback``): an empty set would score zero although every answer
+    named something, and the vote never invents a label no answer gave.
+    """
     counts: dict[str, int] = {}
+    spelling: dict[str, str] = {}
     for prediction in predictions:
-        for label in dict.fromkeys(prediction.labels):
+        for label in dict.fromkeys(label.casefold() for label in prediction.labels):
             counts[label] = counts.get(label, 0) + 1
-    kept = [label for label, n in counts.items() if 2 * n > len(predictions)]
-    flags = sorted({flag for p in predictions for flag in p.flags})
-    return SystemPrediction(
-        labels=kept, raw=" || ".join(p.raw for p in predictions), flags=[*flags, "voted"]
-    )
+        for label in prediction.labels:
+            spelling.setdefault(label.casefold(), label)
+    kept = [spelling[label] for label, n in counts.items() if 2 * n >= len(predictions)]
+    flags = [*sorted({flag for p in predictions for flag in p.flags}), "voted"]
+    if not kept and counts:
+        kept = list(_best_supported(predictions, counts).labels)
+        flags.append("vote_fallback")
+    return SystemPrediction(labels=kept, raw=" || ".join(p.raw for p in predictions), flags=flags)
+
+
+def _best_supported(
+    predictions: Sequence[SystemPrediction], counts: dict[str, int]
+) -> SystemPrediction:
+    """The answer with the highest mean vote count per label (the first of equals)."""
+
+    def support(prediction: SystemPrediction) -> float:
+        labels = {label.casefold() for label in prediction.labels}
+        return sum(counts[label] for label in labels) / len(labels) if labels else 0.0
+
+    return max(predictions, key=support)
 
 
 def predict_with_lexicon(lexicon: Any, samples: Sequence[OVSample]) -> list[SystemPrediction]:
