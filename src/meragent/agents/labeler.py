@@ -7,11 +7,11 @@ The parser accepts the many list-ish shapes small LLMs produce.
 
 from __future__ import annotations
 
-import ast
-import json
 import re
 
 from pydantic import BaseModel, Field
+
+from meragent.eval.parsing import literal_string_list
 
 LABELER_SYSTEM_PROMPT = (
     "You are a specialist in reading human emotion. You will get a description of a person in a "
@@ -70,17 +70,6 @@ class LabelParse(BaseModel):
     raw: str = ""
 
 
-def _literal_list(text: str) -> list[str] | None:
-    for loader in (ast.literal_eval, json.loads):
-        try:
-            value = loader(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return list(value)
-    return None
-
-
 def _clean(item: str) -> str:
     item = _ENUM_PREFIX.sub("", item)
     return " ".join(item.strip(_STRIP_CHARS).lower().split())
@@ -97,7 +86,7 @@ def parse_labels(raw: str | None) -> LabelParse:
         if text[: bracket.start()].strip() or text[bracket.end() :].strip():
             flags.append("extra_text")
         body = bracket.group(0)
-        items = _literal_list(body)
+        items = literal_string_list(body)
         if items is None:
             items = _SPLIT.split(body[1:-1])
     else:

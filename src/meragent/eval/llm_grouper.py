@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from meragent.agents.chat import model_id_of
 from meragent.errors import one_line
 from meragent.eval.grouping import normalise_label, register_grouper
 from meragent.eval.parsing import mertools2025_list
@@ -136,7 +137,7 @@ class LLMGrouper:
     ) -> None:
         self.chat_model = chat_model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.model_id = model_id or _model_id(chat_model)
+        self.model_id = model_id or model_id_of(chat_model)
         self.failures: list[str] = []
         self.calls = 0
         self._memory: dict[str, dict[str, str]] = {}
@@ -202,11 +203,3 @@ class LLMGrouper:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**record, "groups": groups}, ensure_ascii=False), "utf-8")
         tmp.replace(path)  # atomic: a killed run never leaves half a file
-
-
-def _model_id(chat_model: Any) -> str:
-    for attr in ("model_id", "model_name", "model"):
-        value = getattr(chat_model, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(chat_model).__name__

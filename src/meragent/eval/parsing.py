@@ -94,14 +94,15 @@ def _parse_proper(text: str) -> list[str]:
     if _is_missing(text) or not str(text).strip():
         return []
     source = str(text).strip()
-    value = _literal(source)
+    value = literal_string_list(source)
     if value is None:
         raise OpenSetParseError(f"not a list of strings: {_preview(source)}")
     labels = [label.strip() for label in value]
     return [label for label in labels if label]
 
 
-def _literal(source: str) -> list[str] | None:
+def literal_string_list(source: str) -> list[str] | None:
+    """``source`` read as a Python (else JSON) literal list of strings; None if it is not one."""
     for loader in (ast.literal_eval, json.loads):
         try:
             value = loader(source)
