@@ -73,6 +73,15 @@ def test_bf16_runs_first_layers_in_bf16_with_fp32_masters_and_records_it(
     assert {p.grad.dtype for p in trainer.params.values() if p.grad is not None} == {torch.float32}
     moments = [s["exp_avg"].dtype for s in trainer.optimizer.state.values()]
     assert moments and set(moments) == {torch.float32}
+    # The first-layer weights are stepped by CastingAdam: fp32 masters and moments, bf16
+    # gradients, and bf16 copies that equal the masters after the last step.
+    casting = trainer.casting_adam
+    assert casting is not None and casting.exp_avg.dtype == torch.float32
+    head_steps = int(next(iter(trainer.optimizer.state.values()))["step"])
+    assert casting.steps == head_steps > 0
+    for name, low in trainer.low_weights.items():
+        assert trainer.params[name].dtype == torch.float32
+        assert torch.equal(low, trainer.params[name].to(torch.bfloat16))
     assert {p.dtype for p in result.params.values()} == {torch.float32}
     assert 0.0 < result.best.waf_mean <= 1.0
 

@@ -4,8 +4,10 @@ One batch per fold meets every combination's first-layer weights in a single wid
 weight gradients are computed by hand into preallocated buffers (no per-step allocation of the
 large tensors), and one fused Adam updates the whole stack. With ``precision="bf16"`` those
 matmuls (forward, weight gradient, held-out forward) run in bf16 on bf16 copies of the fp32 master
-weights, refreshed every step; Adam, its moments, the head after the first layers, the softmax and
-the loss stay fp32. fp32 is bit-reproducible with the same seed (same device and thread count).
+weights; :class:`~meragent.finetune.fusion_adam.CastingAdam` steps those masters from the bf16
+weight gradients and refreshes the copies in one pass (fp32 arithmetic and moments). The head
+after the first layers, its Adam, the softmax and the loss stay fp32. fp32 is bit-reproducible
+with the same seed (same device and thread count).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from meragent.config import autocast
 from meragent.eval.six import MER2023_MSE_WEIGHT
+from meragent.finetune.fusion_adam import CastingAdam
 from meragent.finetune.fusion_config import (
     ORDER_STREAM,
     Combo,
@@ -118,25 +121,39 @@ class StackTrainer:
             if arch.manual_first_layer
             else set()
         )
+        self.low = config.precision == "bf16"
+        self.xs = data.compute_xs
+        # bf16 working copies of the first-layer weights and their bf16 gradients, views of
+        # flat buffers held by CastingAdam, which updates the fp32 masters (also its views) from
+        # the gradients and refreshes the copies in one pass: those weights carry no ``.grad``.
+        self.low_weights: dict[str, torch.Tensor] = {}
+        self.low_grads: dict[str, torch.Tensor] = {}
+        self.casting_adam: CastingAdam | None = None
+        if self.low and self.manual:
+            names = [arch.first_layer(m)[0] for m in range(len(dims))]
+            self.casting_adam = CastingAdam(
+                [self.params[n] for n in names],
+                self.xs[0].dtype,
+                combos[0].lr,
+                config.weight_decay,
+            )
+            for n, master, low, grad in zip(
+                names,
+                self.casting_adam.params,
+                self.casting_adam.lows,
+                self.casting_adam.grads,
+                strict=True,
+            ):
+                self.params[n], self.low_weights[n], self.low_grads[n] = master, low, grad
         for name, tensor in self.params.items():
+            if name in self.low_weights:
+                continue
             if name in self.manual:
                 tensor.grad = torch.zeros_like(tensor)
             else:
                 tensor.requires_grad_(True)
-        self.low = config.precision == "bf16"
-        self.xs = data.compute_xs
-        # bf16 working copies of the first-layer weights and their gradients, refreshed from /
-        # into the fp32 masters every step (preallocated: no per-step allocation).
-        self.low_weights: dict[str, torch.Tensor] = {}
-        self.low_grads: dict[str, torch.Tensor] = {}
-        if self.low and self.manual:
-            for m in range(len(dims)):
-                weight = arch.first_layer(m)[0]
-                self.low_weights[weight] = torch.empty_like(
-                    self.params[weight], dtype=self.xs[m].dtype
-                )
-                self.low_grads[weight] = torch.empty_like(self.low_weights[weight])
-        self.optimizer = fused_adam(list(self.params.values()), combos[0].lr, config.weight_decay)
+        rest = [t for name, t in self.params.items() if name not in self.low_weights]
+        self.optimizer = fused_adam(rest, combos[0].lr, config.weight_decay)
         shape = (self.n_folds, self.n_combos)
         self.best_score = torch.full(shape, -float("inf"), device=device)
         self.best_waf = torch.zeros(shape, device=device)
@@ -197,13 +214,14 @@ class StackTrainer:
         if self.manual:
             self._first_layer_grads(xs, pres)
         self.optimizer.step()
+        if self.casting_adam is not None:
+            self.casting_adam.step()
 
     def _compute_params(self) -> dict[str, torch.Tensor]:
-        """The parameters as the first layers compute with them (bf16 copies of the masters)."""
+        """The parameters as the first layers compute with them (bf16 copies of the masters,
+        kept current by :class:`CastingAdam`)."""
         if not self.low_weights:
             return self.params
-        for name, low in self.low_weights.items():
-            low.copy_(self.params[name])
         return {**self.params, **self.low_weights}
 
     def _first_layer_grads(self, xs: Sequence[torch.Tensor], pres: Sequence[torch.Tensor]) -> None:
@@ -213,18 +231,18 @@ class StackTrainer:
             weight_name, bias_name = self.arch.first_layer(m)
             grad = pre.grad
             assert grad is not None
-            weight_grad = self.params[weight_name].grad
             bias_grad = self.params[bias_name].grad
-            assert weight_grad is not None and bias_grad is not None
+            assert bias_grad is not None
             torch.sum(grad, dim=1, keepdim=True, out=bias_grad)
             low = self.low_grads.get(weight_name)
             if low is None:
+                weight_grad = self.params[weight_name].grad
+                assert weight_grad is not None
                 torch.bmm(x.transpose(1, 2), grad, out=weight_grad)
             else:
                 # bf16 products accumulate in fp32 inside the kernel (only 32 rows are summed);
-                # the fp32 master gradient is then the rounded result.
+                # CastingAdam reads the rounded result and updates the fp32 master with it.
                 torch.bmm(x.transpose(1, 2), grad.to(low.dtype), out=low)
-                weight_grad.copy_(low)
 
     # -- validation
     def evaluate(self, epoch: int) -> None:
