@@ -14,8 +14,10 @@ the summed floor is the ratio printed; both see the same machine load (recorded,
 ``uptime``: the CPU may be shared). Each ``--precision`` is run in turn (with ``bf16,fp32`` the
 CV WAF difference of the best combination is reported). Results land under ``--label`` in the
 output file, rewritten after every stack, so an interrupted run keeps what it measured.
-Usage: ``python bench/bench_fusion.py [--threads 1] [--search 50] [--epochs 100]
-[--precision bf16,fp32] [--label exact] [--out bench/results/fusion.json]``.
+With ``--stack-workers N`` the stacks train N at a time (``--threads`` each) and every floor is
+measured after the search, alone, on N x ``--threads`` threads; the wall is then the search's.
+Usage: ``python bench/bench_fusion.py [--threads 1] [--stack-workers 1] [--search 50]
+[--epochs 100] [--precision bf16,fp32] [--label exact] [--out bench/results/fusion.json]``.
 """
 
 from __future__ import annotations
@@ -146,16 +148,28 @@ def stack_floor(trainer: StackTrainer, steps: int) -> dict[str, float]:
 class Recorder:
     """Collects one search's stacks (wall time, floor) and rewrites the results file each time."""
 
-    def __init__(self, out: Path, label: str, precision: str, floor_steps: int) -> None:
+    def __init__(
+        self, out: Path, label: str, precision: str, floor_steps: int, floor_threads: int | None
+    ) -> None:
         self.out, self.label, self.precision = out, label, precision
         self.floor_steps = floor_steps
+        #: None: each stack's floor right after it trained (stacks run one at a time). Else the
+        #: stacks train side by side, so their floors are measured after the search, alone, on
+        #: this many threads (all the cores the workers used): measuring one while another stack
+        #: still trains would inflate it.
+        self.floor_threads = floor_threads
+        self.deferred: list[StackTrainer] = []
         self.stacks: list[dict[str, object]] = []
         self.entry: dict[str, object] = {}
         self.began = time.perf_counter()
         self.mark = self.began
         self.floor_time = 0.0
+        self.search_wall: float | None = None
 
     def on_stack(self, trainer: StackTrainer) -> None:
+        if self.floor_threads is not None:
+            self.deferred.append(trainer)
+            return
         trained = time.perf_counter() - self.mark
         began = time.perf_counter()
         floor = stack_floor(trainer, self.floor_steps)
@@ -177,8 +191,37 @@ class Recorder:
         self.mark = time.perf_counter()
         self.save(done=False)
 
+    def measure_deferred(self, search_wall: float) -> None:
+        """Floors of stacks that trained side by side: each alone, on ``floor_threads``."""
+        import torch
+
+        self.search_wall = search_wall
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(self.floor_threads or previous))
+        began = time.perf_counter()
+        try:
+            for trainer in self.deferred:
+                floor = stack_floor(trainer, self.floor_steps)
+                self.stacks.append(
+                    {
+                        "hidden": trainer.combos[0].hidden,
+                        "lr": trainer.combos[0].lr,
+                        "combos": len(trainer.combos),
+                        "epochs": trainer.epochs_run,
+                        **floor,
+                        "loadavg": list(os.getloadavg()),
+                    }
+                )
+        finally:
+            torch.set_num_threads(previous)
+        self.floor_time += time.perf_counter() - began
+        self.deferred.clear()
+
     def save(self, done: bool, best: dict[str, object] | None = None) -> None:
-        wall = sum(float(str(s["wall_s"])) for s in self.stacks)
+        if self.search_wall is not None:
+            wall = self.search_wall
+        else:
+            wall = sum(float(str(s["wall_s"])) for s in self.stacks)
         floor = sum(float(str(s["floor_s"])) for s in self.stacks)
         self.entry.update(
             {
@@ -208,6 +251,7 @@ def run_search(
         {
             "precision": config.precision,
             "threads": config.threads,
+            "stack_workers": config.stack_workers,
             "protocol": {
                 "search": config.search,
                 "folds": config.folds,
@@ -225,7 +269,10 @@ def run_search(
             "uptime_start": _uptime(),
         }
     )
+    began = time.perf_counter()
     result = cross_validate(rows, config, lambda m: print("  " + m, flush=True), recorder.on_stack)
+    if recorder.floor_threads is not None:
+        recorder.measure_deferred(time.perf_counter() - began)
     best = result.best
     summary = {
         "index": best.index,
@@ -250,6 +297,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--precision", default="bf16,fp32", help="comma-separated, run in turn")
     parser.add_argument("--floor-steps", type=int, default=100)
+    parser.add_argument(
+        "--stack-workers", type=int, default=1, help="stacks trained side by side (threads each)"
+    )
     parser.add_argument("--label", default="exact")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fusion.json"))
     args = parser.parse_args()
@@ -263,9 +313,15 @@ def main() -> None:
             threads=args.threads,
             seed=0,
             precision=precision,
+            stack_workers=args.stack_workers,
         )
-        print(f"{args.label}: {precision}, {args.threads} thread(s)", flush=True)
-        recorder = Recorder(args.out, args.label, precision, args.floor_steps)
+        print(
+            f"{args.label}: {precision}, {args.stack_workers} stack worker(s) x "
+            f"{args.threads} thread(s)",
+            flush=True,
+        )
+        floor_threads = args.stack_workers * args.threads if args.stack_workers > 1 else None
+        recorder = Recorder(args.out, args.label, precision, args.floor_steps, floor_threads)
         best = run_search(rows, config, recorder)
         wafs[precision] = float(best["cv_waf"])  # type: ignore[arg-type]
     if "fp32" in wafs and "bf16" in wafs:

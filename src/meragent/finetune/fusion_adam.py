@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -55,10 +56,17 @@ def adam_cast_update(
 
 
 _COMPILED: list[Kernel] = []
+#: Compiling is not safe from two threads at once (stacks may train side by side).
+_COMPILE_LOCK = threading.Lock()
 
 
 def compiled_kernel() -> Kernel | None:
     """The compiled :func:`adam_cast_update` (built and checked once per process), or None."""
+    with _COMPILE_LOCK:
+        return _compiled_kernel()
+
+
+def _compiled_kernel() -> Kernel | None:
     if _COMPILED:
         return _COMPILED[0]
     import torch
@@ -149,7 +157,7 @@ class CastingAdam:
 
         # The first call compiles this buffer's length; a long search (or a test session) meets
         # more lengths than dynamo's default of 8 per function, after which it would go eager.
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+        with _COMPILE_LOCK, torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             self.kernel(*tensors, self._scalars())
 
 

@@ -57,6 +57,11 @@ class FusionTrainConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     #: Largest number of stacked first-layer weights trained at once (memory bound).
     max_stack_params: int = Field(default=48_000_000, ge=1)
+    #: Stacks trained at the same time, each in its own Python thread with ``threads`` torch
+    #: threads. A stack's step is many small ops whose dispatch does not parallelise inside
+    #: torch, so on a small CPU two stacks side by side at 1 thread beat one stack at 2 threads.
+    #: Results do not depend on it (every stack replays the same batch order).
+    stack_workers: int = Field(default=1, ge=1)
 
     @field_validator("hidden")
     @classmethod

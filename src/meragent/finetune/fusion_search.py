@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from meragent.config import resolve_device
 from meragent.finetune.fusion_config import (
+    Combo,
     ComboResult,
     FusionTrainConfig,
     Progress,
@@ -40,6 +42,9 @@ from meragent.tools.fusion_model import (
 
 if TYPE_CHECKING:
     import torch
+
+#: What training one stack returns (a StackOutcome; any value in tests of the scheduling).
+Outcome = TypeVar("Outcome")
 
 
 def fold_projections(
@@ -100,10 +105,12 @@ def cross_validate(
         }
         results: list[ComboResult] = []
         best: tuple[ComboResult, StackOutcome, int] | None = None
-        for stack in group_stacks(combos, sizes, config.max_stack_params):
-            outcome = train_stack(
-                arch, data, plan, stack, config, with_valence, device, say, on_stack
-            )
+        stacks = group_stacks(combos, sizes, config.max_stack_params)
+
+        def train(stack: Sequence[Combo]) -> StackOutcome:
+            return train_stack(arch, data, plan, stack, config, with_valence, device, say, on_stack)
+
+        for outcome in train_stacks(stacks, train, config.stack_workers, config.threads):
             results.extend(outcome.results)
             for c, result in enumerate(outcome.results):
                 if best is None or _better(result, best[0]):
@@ -127,6 +134,33 @@ def cross_validate(
         elapsed_s=time.perf_counter() - started,
         n_train_rows=rows.n_rows,
     )
+
+
+def train_stacks(
+    stacks: Sequence[Sequence[Combo]],
+    train: Callable[[Sequence[Combo]], Outcome],
+    workers: int,
+    threads: int | None,
+) -> list[Outcome]:
+    """``train`` every stack, ``workers`` at a time; the outcomes in stack order.
+
+    With several workers the largest stacks start first (a longest-first schedule keeps the
+    workers busy to the end) and each worker thread sets its own torch thread count: OpenMP's is
+    per thread, and a new thread would otherwise take every core.
+    """
+    if workers <= 1 or len(stacks) <= 1:
+        return [train(stack) for stack in stacks]
+    import torch
+
+    def run(stack: Sequence[Combo]) -> Outcome:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return train(stack)
+
+    order = sorted(range(len(stacks)), key=lambda i: -len(stacks[i]) * stacks[i][0].hidden)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {i: pool.submit(run, stacks[i]) for i in order}
+        return [futures[i].result() for i in range(len(stacks))]
 
 
 def _better(candidate: ComboResult, incumbent: ComboResult) -> bool:
