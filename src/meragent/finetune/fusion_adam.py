@@ -37,16 +37,19 @@ def adam_cast_update(
 ) -> None:
     """One Adam step of ``param`` from the low-precision ``grad``, then ``low <- param``.
 
-    ``scalars`` holds ``[lr / bias_correction1, sqrt(bias_correction2), beta1, beta2,
+    ``scalars`` holds ``[lr / bias_correction1, 1 / sqrt(bias_correction2), beta1, beta2,
     weight_decay, eps]`` as an fp32 tensor, so the step count never triggers a recompile.
-    Mirrors ``torch._fused_adam_`` (non-amsgrad, not maximising).
+    Mirrors ``torch._fused_adam_`` (non-amsgrad, not maximising), except that the bias
+    correction of the second moment is a multiplication by its reciprocal: one division less
+    per element, 10 % faster at 1 thread (the kernel is bound by its divisions as much as by
+    memory), a rounding difference of an ulp.
     """
-    step_size, bc2_sqrt = scalars[0], scalars[1]
+    step_size, inv_bc2_sqrt = scalars[0], scalars[1]
     beta1, beta2, weight_decay, eps = scalars[2], scalars[3], scalars[4], scalars[5]
     g = grad.float() + weight_decay * param
     m = exp_avg + (g - exp_avg) * (1 - beta1)
     v = exp_avg_sq * beta2 + (1 - beta2) * g * g
-    p = param - step_size * m / (v.sqrt() / bc2_sqrt + eps)
+    p = param - step_size * m / (v.sqrt() * inv_bc2_sqrt + eps)
     # Written back only at the end, so inductor emits one loop that reads and writes each
     # tensor once (in-place updates in between made it re-read them: ~15 % slower).
     exp_avg.copy_(m)
@@ -143,8 +146,8 @@ class CastingAdam:
 
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
-        bc2_sqrt = math.sqrt(1 - beta2**self.steps)
-        values = [step_size, bc2_sqrt, beta1, beta2, self.weight_decay, self.eps]
+        inv_bc2_sqrt = 1.0 / math.sqrt(1 - beta2**self.steps)
+        values = [step_size, inv_bc2_sqrt, beta1, beta2, self.weight_decay, self.eps]
         return torch.tensor(values, dtype=torch.float32, device=self.master.device)
 
     def step(self) -> None:

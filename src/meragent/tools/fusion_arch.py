@@ -225,14 +225,19 @@ class AttentionFusion(FusionArchitecture):
         import torch
 
         n_combos = params["att.weight"].shape[1]
-        # (K, B, C, M, d): Eq. 1 for every branch.
-        hidden = torch.stack([torch.relu(_per_combo(p, n_combos)) for p in pres], dim=3)
+        # (K, B, C, d) per branch: Eq. 1. Kept apart rather than stacked to (K, B, C, M, d): the
+        # stack was a copy of the largest activations (forward and backward) for nothing.
+        hiddens = [torch.relu(_per_combo(p, n_combos)) for p in pres]
         # Eq. 3: one shared W_α (d x 1) and b_α score each branch embedding.
-        weight_alpha = params["att.weight"][:, None, :, None, :]
-        scores = (hidden * weight_alpha).sum(-1) + params["att.bias"][:, None, :, None]
+        weight_alpha = params["att.weight"][:, None]
+        scores = torch.stack([(h * weight_alpha).sum(-1) for h in hiddens], dim=-1)
+        scores = scores + params["att.bias"][:, None, :, None]
         scores = scores.masked_fill(~mask, _MASKED_SCORE)
         alpha = torch.softmax(scores, dim=-1) * _mask_float(mask, scores)
-        fused = (alpha.unsqueeze(-1) * hidden).sum(dim=3)
+        # Σ_m α_m h_m in branch order, as the stacked sum over M added them.
+        fused = alpha[..., 0, None] * hiddens[0]
+        for m in range(1, len(hiddens)):
+            fused = fused + alpha[..., m, None] * hiddens[m]
         if dropout is not None:
             k, b, _, d = fused.shape
             fused = fused * dropout.keep((k, b, d)).permute(1, 2, 0, 3)
