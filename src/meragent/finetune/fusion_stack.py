@@ -64,8 +64,9 @@ class ComboDropout:
         for c, generator in enumerate(self.generators):
             uniform[c].uniform_(generator=generator)
         view = (-1,) + (1,) * len(shape)
-        zero = uniform.new_zeros(())
-        return torch.where(uniform >= self.rates.view(view), self.scales.view(view), zero)
+        # In place, 1.0/0.0 then times the scale: the same values as torch.where(u >= p, s, 0)
+        # (1·s and 0·s are exact) at a fraction of its cost on CPU.
+        return uniform.ge_(self.rates.view(view)).mul_(self.scales.view(view))
 
     def drop_branches(self, mask: torch.Tensor, rate: float) -> torch.Tensor:
         """``mask (K,B,1,M)`` -> ``(K,B,C,M)`` with whole branches dropped (never all of a row)."""
