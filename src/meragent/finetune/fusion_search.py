@@ -1,5 +1,6 @@
-"""The random hyper-parameter search with k-fold CV: stacks trained in turn, the best one kept.
+"""The random hyper-parameter search with k-fold CV: stacks trained, the best one kept.
 
+Stacks train in turn, or ``stack_workers`` at a time in threads (the same results either way).
 Per fold the epoch with the best held-out WAF (or WAF - 0.25·MSE with valence) is kept; a
 combination's score is the mean ± std of its folds; the best combination's fold models (first
 layers trained on principal components folded back to full width) and its out-of-fold
