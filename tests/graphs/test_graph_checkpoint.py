@@ -48,6 +48,7 @@ def test_a_clip_whose_llm_was_down_resumes_without_rerunning_the_tools(
         invoke_clip(graph, "r1", clip, checkpointed=True, context=context)
     config = {"configurable": {"thread_id": thread_id("r1", clip.id)}}
     assert graph.get_state(config).next == ("reasoning",)
+    graph.checkpointer.close()  # the process ends: what it queued is committed
 
     # A fresh process: new graph and connection on the same file, a working model.
     working = GenericFakeChatModel(messages=iter(["Glad.\nAnswer: happy"]))
@@ -76,6 +77,7 @@ def test_checkpointed_state_holds_only_small_values(tmp_path: Path, clip: Clip) 
     assert sizes and max(sizes) < 8_000
     # The batch runner prunes a finished thread.
     saver.delete_thread(thread_id("r1", "c1"))
+    saver.flush()  # writes are group-committed: a direct read of the file waits for them
     assert saver.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
 
 

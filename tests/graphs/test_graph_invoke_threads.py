@@ -25,8 +25,9 @@ def test_a_checkpointed_clip_starts_at_most_the_pool_bound_of_threads(
         started.append(self.name)
         original(self)
 
-    monkeypatch.setattr(threading.Thread, "start", counted)
+    # The checkpointer's one writer thread starts with it, before the clips.
     graph = build_graph(checkpointer=open_checkpointer(tmp_path / "checkpoints.sqlite"))
+    monkeypatch.setattr(threading.Thread, "start", counted)
     n_clips = 5
     for i in range(n_clips):
         models = {

@@ -11,7 +11,6 @@ them. At most
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from meragent.config import Settings
+from meragent.errors import ConfigError
+from meragent.graphs.checkpoints import open_checkpointer
 from meragent.graphs.context import GraphContext
 from meragent.graphs.media_cache import MediaCache
 from meragent.graphs.run_folder import (
@@ -114,21 +115,6 @@ def invoke_clip(
     return dict(graph.invoke(state, config, context=context, durability=durability))
 
 
-def open_checkpointer(path: Path) -> Any:
-    """A ``SqliteSaver`` on its own WAL connection, able to revive our state types."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    from meragent.graphs.builder import checkpoint_serializer
-
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    saver = SqliteSaver(conn, serde=checkpoint_serializer())
-    saver.setup()
-    return saver
-
-
 # --------------------------------------------------------------------------- the executor
 
 
@@ -168,7 +154,7 @@ class ThreadExecutor:
         finally:
             pruned.flush()
             if checkpointer is not None:
-                checkpointer.conn.close()
+                checkpointer.close()  # commits what is still queued
 
 
 class _Pruner:
@@ -307,5 +293,12 @@ def run_batch(
 
     ``source=None`` (with ``--resume``) continues on the source the run was started with.
     """
+    options = options or BatchOptions()
+    if options.processes > 1 and runtime is not None:
+        raise ConfigError("--processes builds each worker's runtime from the profile: no runtime")
     with RunSession(settings, source, run_name, options) as session:
+        if session.options.processes > 1:
+            from meragent.graphs.process_executor import ProcessExecutor
+
+            return session.run(ProcessExecutor(settings))
         return session.run(ThreadExecutor(settings, runtime))
