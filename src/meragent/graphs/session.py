@@ -63,6 +63,7 @@ class BatchOptions(BaseModel):
     ``track=None``: the track the run was started with (``all`` for a new run).
     ``allow_new_source``: let ``--resume`` continue a run on another source than the stored one.
     ``encoder_batch``: clips per encoder call in the in-process executor (None: by device).
+    ``processes``: worker processes of the in-process executor (1: threads in this process).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +78,7 @@ class BatchOptions(BaseModel):
     limit: int | None = Field(default=None, ge=1)
     allow_new_source: bool = False
     encoder_batch: int | None = Field(default=None, ge=1)
+    processes: int = Field(default=1, ge=1)
 
     def __init__(self, **values: Any) -> None:
         try:
