@@ -10,6 +10,7 @@ them with a profile whose ``run_deps`` role names ``py:meragent_fakes:fake_run_d
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -198,6 +199,31 @@ def fake_run_deps(*, delay_s: float = 0.0, settings: Settings | None = None) -> 
 def fake_run_deps_factory(settings: Settings, track: str, role: RoleConfig) -> RunDeps:
     """The ``run_deps`` plug-in: :func:`fake_run_deps`, ``options.delay_s`` seconds per call."""
     return fake_run_deps(delay_s=float(role.options.get("delay_s", 0.0)), settings=settings)
+
+
+@dataclass
+class DyingTool(FakeTool):
+    """A FakeTool whose process dies (``os._exit``) on clip ``die_on``, once: the first time
+    creates ``marker``, so a resumed run gets through."""
+
+    die_on: str = ""
+    marker: str = ""
+
+    def analyze(self, clip: Clip, media: DecodedMedia) -> Clue:
+        if clip.id == self.die_on and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            os._exit(1)
+        return super().analyze(clip, media)
+
+
+def dying_run_deps_factory(settings: Settings, track: str, role: RoleConfig) -> RunDeps:
+    """The ``run_deps`` plug-in: :func:`fake_run_deps` whose acoustic tool kills its process
+    on the clip ``options.die_on`` (once, see :class:`DyingTool`)."""
+    deps = fake_run_deps(settings=settings)
+    deps.tools.acoustic = DyingTool(
+        Modality.ACOUSTIC, die_on=str(role.options["die_on"]), marker=str(role.options["marker"])
+    )
+    return deps
 
 
 def write_fake_profile(path: Path, *, delay_s: float = 0.0) -> Path:

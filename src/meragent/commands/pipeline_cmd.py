@@ -164,6 +164,15 @@ EncoderBatchOption = Annotated[
         min=1,
     ),
 ]
+ProcessesOption = Annotated[
+    int,
+    typer.Option(
+        help="Worker processes of the local executor, each running CONCURRENCY/N clips and "
+        "loading its own models. More than 1 pays when the graph itself is the bottleneck "
+        "(cached features, a fast LLM server): LangGraph runs on one core per process.",
+        min=1,
+    ),
+]
 ExecutorOption = Annotated[
     Executor,
     typer.Option(
@@ -206,6 +215,7 @@ def batch_command(
     precision: PrecisionOption = None,
     limit: LimitOption = None,
     encoder_batch: EncoderBatchOption = None,
+    processes: ProcessesOption = 1,
     executor: ExecutorOption = Executor.local,
     address: AddressOption = None,
     gpus_per_worker: GpusOption = 0.0,
@@ -239,6 +249,8 @@ def _run_batch_on(
 ) -> BatchSummary:  # fmt: skip
     """The batch on the chosen executor (Ray options only with ``--executor ray``)."""
     if executor == "ray":
+        if options.processes > 1:
+            raise fail("--processes is for --executor local (Ray places its own workers)")
         from meragent.graphs.ray_executor import RayOptions, run_batch_ray
 
         batch_size = options.encoder_batch or RayOptions.encoder_batch_size

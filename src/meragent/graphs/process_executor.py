@@ -10,10 +10,10 @@ counts, exports) and prunes the threads of committed clips.
 
 Work goes out in chunks of clips (``concurrency / N × CHUNK_ROUNDS`` each, at most two chunks
 per worker in flight) and comes back as the chunk's ``ClipResult``s. A worker that dies (killed,
-out of memory) fails only the clips of its chunks in flight, with the reason; a fresh pool runs
-the rest, and ``--resume`` retries the failed ones. Each worker builds its own runtime from the
-settings and profile (models included: N processes hold N copies) and exits when this process
-does.
+out of memory) breaks the pool: the clips of the chunks in flight fail, with the reason, a fresh
+pool runs the rest, and ``--resume`` retries the failed ones. Each worker builds its own runtime
+from the settings and profile (models included: N processes hold N copies) and exits when this
+process does.
 """
 
 from __future__ import annotations
