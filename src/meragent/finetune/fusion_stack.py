@@ -124,28 +124,11 @@ class StackTrainer:
         )
         self.low = config.precision == "bf16"
         self.xs = data.compute_xs
-        # bf16 working copies of the first-layer weights and their bf16 gradients, views of
-        # flat buffers held by CastingAdam, which updates the fp32 masters (also its views) from
-        # the gradients and refreshes the copies in one pass: those weights carry no ``.grad``.
         self.low_weights: dict[str, torch.Tensor] = {}
         self.low_grads: dict[str, torch.Tensor] = {}
         self.casting_adam: CastingAdam | None = None
         if self.low and self.manual:
-            names = [arch.first_layer(m)[0] for m in range(len(dims))]
-            self.casting_adam = CastingAdam(
-                [self.params[n] for n in names],
-                self.xs[0].dtype,
-                combos[0].lr,
-                config.weight_decay,
-            )
-            for n, master, low, grad in zip(
-                names,
-                self.casting_adam.params,
-                self.casting_adam.lows,
-                self.casting_adam.grads,
-                strict=True,
-            ):
-                self.params[n], self.low_weights[n], self.low_grads[n] = master, low, grad
+            self._hand_first_layers_to_casting_adam(len(dims))
         for name, tensor in self.params.items():
             if name in self.low_weights:
                 continue
@@ -168,6 +151,22 @@ class StackTrainer:
             (self.n_folds, width, self.n_combos, len(EMOTIONS)), device=device
         )
         self.epochs_run = 0
+
+    def _hand_first_layers_to_casting_adam(self, n_branches: int) -> None:
+        """bf16 working copies of the first-layer weights and their bf16 gradients, views of
+        flat buffers held by CastingAdam, which updates the fp32 masters (also its views) from
+        the gradients and refreshes the copies in one pass: those weights carry no ``.grad``."""
+        names = [self.arch.first_layer(m)[0] for m in range(n_branches)]
+        casting = CastingAdam(
+            [self.params[n] for n in names],
+            self.xs[0].dtype,
+            self.combos[0].lr,
+            self.config.weight_decay,
+        )
+        views = zip(names, casting.params, casting.lows, casting.grads, strict=True)
+        for name, master, low, grad in views:
+            self.params[name], self.low_weights[name], self.low_grads[name] = master, low, grad
+        self.casting_adam = casting
 
     # -- training
     def train_epoch(self, order: torch.Tensor) -> None:
