@@ -15,8 +15,10 @@ rows, the SQLite checkpointer, the run session (commit, counting, exports).
     answered clip's thread pruned. ``ratio`` = ours / anchor (target ≤ 1.5), wall time;
     ``cpu_ratio`` the same in process CPU time (all threads), steadier on a shared machine.
 * ``throughput``: ``run_batch`` over N fake clips (default 10,000) at concurrency 8, periodic
-  exports on (every 15 s), clips/s as the summary prints it (target ≥ 100 clips/s).
-* ``scale``: the same at a larger N (``--scale-clips``, default 100,000): exports are
+  exports on (every 15 s), clips/s as the summary prints it (target ≥ 100 clips/s), on
+  ``--processes`` worker processes (default 2: the machine's cores); ``throughput_threads`` is
+  the same batch on the thread executor (one process), measured just before it.
+* ``scale``: the processes' run at a larger N (``--scale-clips``, default 100,000): exports are
   incremental, so clips/s should match the 10,000-clip run within 15 %.
 
 Run by hand (the 100k run takes about half an hour on 2 busy CPU cores)::
@@ -237,22 +239,35 @@ def overhead(n_clips: int, rounds: int, workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- throughput
 
 
-def throughput(n_clips: int, concurrency: int, workdir: Path) -> dict[str, Any]:
-    """clips/s of ``run_batch`` (trace store, checkpointer, periodic exports) on ``n_clips``."""
+def throughput(n_clips: int, concurrency: int, workdir: Path, processes: int = 1) -> dict[str, Any]:
+    """clips/s of ``run_batch`` (trace store, checkpointer, periodic exports) on ``n_clips``.
+
+    ``processes`` 1: the thread executor, on the doubles passed as ``runtime=``; more: the worker
+    processes, which build the same doubles from a profile naming them.
+    """
     from meragent.config import load_settings
     from meragent.graphs.batch import BatchOptions, run_batch
 
     manifest = write_manifest(workdir / f"data-{n_clips}", n_clips)
-    os.environ["MERAGENT_HOME"] = str(workdir / f"home-{n_clips}-{concurrency}")
+    os.environ["MERAGENT_HOME"] = str(workdir / f"home-{n_clips}-{concurrency}-{processes}")
+    runtime = None
+    if processes > 1:
+        os.environ["MERAGENT_PROFILE"] = str(doubles().write_fake_profile(workdir / "fake.toml"))
+    else:
+        os.environ.pop("MERAGENT_PROFILE", None)
+        runtime = doubles().fake_run_deps()
     settings = load_settings()
-    options = BatchOptions(concurrency=concurrency, progress=False, export_every_s=15.0)
+    options = BatchOptions(
+        concurrency=concurrency, progress=False, export_every_s=15.0, processes=processes
+    )
     before = load()
     started = time.perf_counter()
-    summary = run_batch(settings, manifest, "bench", options, runtime=doubles().fake_run_deps())
+    summary = run_batch(settings, manifest, "bench", options, runtime=runtime)
     elapsed = time.perf_counter() - started
     row: dict[str, Any] = {
         "clips": n_clips,
         "concurrency": concurrency,
+        "processes": processes,
         "ok": summary.n_ok,
         "failed": summary.n_failed,
         "clips_per_s": round(summary.clips_per_s, 2),
@@ -272,6 +287,9 @@ def main() -> None:
     )
     parser.add_argument("--scale-clips", type=int, default=100_000, help="0: skip the scale run")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--processes", type=int, default=2, help="worker processes of the process runs"
+    )
     parser.add_argument("--overhead-clips", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="0: skip the overhead part")
     parser.add_argument("--out", type=Path, default=RESULTS / "graph.json")
@@ -290,10 +308,14 @@ def main() -> None:
         if args.rounds:
             report["overhead"] = overhead(args.overhead_clips, args.rounds, workdir)
         if args.clips:
-            small = report["throughput"] = throughput(args.clips, args.concurrency, workdir)
-        _save(args.out, report)  # keep what is measured if the long run is cut short
+            report["throughput_threads"] = throughput(args.clips, args.concurrency, workdir)
+            _save(args.out, report)  # keep what is measured if a long run is cut short
+            small = report["throughput"] = throughput(
+                args.clips, args.concurrency, workdir, args.processes
+            )
+        _save(args.out, report)
         if args.clips and args.scale_clips:
-            big = throughput(args.scale_clips, args.concurrency, workdir)
+            big = throughput(args.scale_clips, args.concurrency, workdir, args.processes)
             report["scale"] = {
                 "small_clips": small["clips"],
                 "large": big,

@@ -9,6 +9,7 @@ the moment a kill leaves a step's writes saved but not yet checkpointed, and res
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -62,39 +63,71 @@ def _done(trace: Path) -> int:
         return 0
 
 
-def _kill_when(process: subprocess.Popen[bytes], trace: Path, target: int) -> int:
+def _children(pid: int) -> list[int]:
+    """The process's child processes (Linux /proc), not counting threads."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            found += [int(x) for x in (task / "children").read_text().split()]
+    return found
+
+
+def _kill_when(process: subprocess.Popen[bytes], trace: Path, target: int) -> tuple[int, list[int]]:
+    """Kill ``process`` once ``target`` clips are done: (clips done, its children then)."""
     deadline = time.monotonic() + 120
+    children: list[int] = []
     while process.poll() is None and time.monotonic() < deadline:
         if _done(trace) >= target:
+            children = _children(process.pid)
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
     process.wait(timeout=30)
-    return _done(trace)
+    return _done(trace), children
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")  # a zombie
+    except (ProcessLookupError, FileNotFoundError):
+        return True
+
+
+def _wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if not _gone(p)]
 
 
 def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 def test_sigkill_then_resume_gives_every_clip_exactly_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    processes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # With worker processes the kill hits the driver only: the workers must exit on their own.
     manifest = write_manifest(tmp_path / "data", N_CLIPS)
     home = tmp_path / "home"
     profile = write_fake_profile(tmp_path / "fake.toml", delay_s=0.01)  # doubles, chosen explicitly
     env = doubles_env({**os.environ, "MERAGENT_HOME": str(home), "MERAGENT_PROFILE": str(profile)})
     seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(1_000_000))
     target = random.Random(seed).randint(1, N_CLIPS - 10)
-    process = _batch(manifest, env)
-    done_at_kill = _kill_when(process, home / "runs" / "k" / "trace.sqlite", target)
+    process = _batch(manifest, env, "--processes", processes)
+    done_at_kill, children = _kill_when(process, home / "runs" / "k" / "trace.sqlite", target)
     context = (
         f"(killed at {done_at_kill} clips, target {target}, rc {process.returncode}; "
         f"replay with {SEED_ENV}={seed})"
     )
     assert process.returncode == -signal.SIGKILL, context
+    if processes != "1":  # orphans would go on writing checkpoints under the resumed run
+        assert len(children) >= 2, context  # the workers (and multiprocessing's tracker)
+        assert _wait_gone(children) == [], context
 
-    resumed = _batch(manifest, env, "--resume")
+    resumed = _batch(manifest, env, "--resume", "--processes", processes)
     _, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr.decode() + context
 
