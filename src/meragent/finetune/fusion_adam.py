@@ -34,18 +34,22 @@ def adam_cast_update(
     exp_avg_sq: torch.Tensor,
     low: torch.Tensor,
     scalars: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    eps: float,
 ) -> None:
     """One Adam step of ``param`` from the low-precision ``grad``, then ``low <- param``.
 
-    ``scalars`` holds ``[lr / bias_correction1, 1 / sqrt(bias_correction2), beta1, beta2,
-    weight_decay, eps]`` as an fp32 tensor, so the step count never triggers a recompile.
+    ``scalars`` holds the step-dependent ``[lr / bias_correction1, 1 / sqrt(bias_correction2)]``
+    as an fp32 tensor, so the step count never triggers a recompile; the fixed hyper-parameters
+    are plain floats, compiled in as constants (a few % faster than reading them from a tensor).
     Mirrors ``torch._fused_adam_`` (non-amsgrad, not maximising), except that the bias
     correction of the second moment is a multiplication by its reciprocal: one division less
     per element, 10 % faster at 1 thread (the kernel is bound by its divisions as much as by
     memory), a rounding difference of an ulp.
     """
     step_size, inv_bc2_sqrt = scalars[0], scalars[1]
-    beta1, beta2, weight_decay, eps = scalars[2], scalars[3], scalars[4], scalars[5]
     g = grad.float() + weight_decay * param
     m = exp_avg + (g - exp_avg) * (1 - beta1)
     v = exp_avg_sq * beta2 + (1 - beta2) * g * g
@@ -94,12 +98,12 @@ def _self_check(kernel: Kernel) -> None:
 
     generator = torch.Generator().manual_seed(0)
     tensors = [torch.rand(257, generator=generator) for _ in range(4)]
-    scalars = torch.tensor([1e-3, 0.5, 0.9, 0.999, 1e-5, 1e-8])
+    scalars = torch.tensor([1e-3, 0.5])
     outs = []
     for fn in (kernel, adam_cast_update):
         p, g, m, v = (t.clone() for t in tensors)
         low = torch.empty_like(p, dtype=torch.bfloat16)
-        fn(p, g.to(torch.bfloat16), m, v.abs(), low, scalars)
+        fn(p, g.to(torch.bfloat16), m, v.abs(), low, scalars, 0.9, 0.999, 1e-5, 1e-8)
         outs.append((p, m, v, low))
     for a, b in zip(*outs, strict=True):
         if not torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-7):
@@ -147,21 +151,22 @@ class CastingAdam:
         beta1, beta2 = self.betas
         step_size = self.lr / (1 - beta1**self.steps)
         inv_bc2_sqrt = 1.0 / math.sqrt(1 - beta2**self.steps)
-        values = [step_size, inv_bc2_sqrt, beta1, beta2, self.weight_decay, self.eps]
+        values = [step_size, inv_bc2_sqrt]
         return torch.tensor(values, dtype=torch.float32, device=self.master.device)
 
     def step(self) -> None:
         self.steps += 1
         tensors = (self.master, self.grad, self.exp_avg, self.exp_avg_sq, self.low)
+        constants = (*self.betas, self.weight_decay, self.eps)
         if self.steps > 1 or not self.compiled:
-            self.kernel(*tensors, self._scalars())
+            self.kernel(*tensors, self._scalars(), *constants)
             return
         import torch._dynamo
 
         # The first call compiles this buffer's length; a long search (or a test session) meets
         # more lengths than dynamo's default of 8 per function, after which it would go eager.
         with _COMPILE_LOCK, torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-            self.kernel(*tensors, self._scalars())
+            self.kernel(*tensors, self._scalars(), *constants)
 
 
 #: Kernel lengths compiled per process before dynamo falls back to eager (same results, slower).
