@@ -75,3 +75,21 @@ def test_a_failing_compiler_falls_back_to_the_eager_arithmetic(
     reference = _run_both(adam, steps=3)
     for mine, ref in zip(adam.params, reference, strict=True):
         torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kernel_is_built_to_release_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's default binding holds the GIL for the whole kernel, which stalls a stack
+    training in another thread (``stack_workers``); its cpp_wrapper build releases it."""
+    seen: list[dict[str, object]] = []
+    real = torch.compile
+
+    def spy(fn: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(fn, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(fusion_adam, "_COMPILED", [])
+    monkeypatch.setattr(torch, "compile", spy)
+    assert fusion_adam.compiled_kernel() is not None
+    (kwargs,) = seen
+    assert kwargs["options"] == {"cpp_wrapper": True}
+    assert kwargs["dynamic"] is False
