@@ -109,13 +109,13 @@ def test_fusion_train_options_reach_the_training_config(
     args += ["--features", str(tmp_path / "f"), "--hidden", "32,64", "--lr", "1e-2"]
     args += ["--dropout", "0.1", "--unique", "--patience", "3", "--pca-dim", "8"]
     args += ["--modality-dropout", "0.2", "--valence", "on", "--device", "cpu", "--threads", "1"]
-    args += ["--precision", "fp32"]
+    args += ["--precision", "fp32", "--stack-workers", "2"]
     seen = _captured_fusion_config(monkeypatch, args)
     config = seen["config"]
     expected = {"folds": 3, "search": 4, "epochs": 7, "seed": 2, "model": "mertools_attention"}
     expected |= {"hidden": [32, 64], "lr": [0.01], "dropout": [0.1], "unique": True}
     expected |= {"patience": 3, "pca_dim": 8, "modality_dropout": 0.2, "valence": "on"}
-    expected |= {"device": "cpu", "threads": 1, "precision": "fp32"}
+    expected |= {"device": "cpu", "threads": 1, "precision": "fp32", "stack_workers": 2}
     assert {key: config[key] for key in expected} == expected
     assert seen["cache"] == str(tmp_path / "f")
     assert [list(branch) for branch in seen["branches"]] == [["a"], ["b", "c"]]
