@@ -95,10 +95,12 @@ class GroupCommitSaver(SqliteSaver):
             while len(self._queue) >= MAX_QUEUED and self._error is None:
                 self._changed.wait()
             self._raise_if_failed()
+            idle = not self._queue
             self._queue.extend(statements)
             for statement in statements:
                 self._pending.update(_threads_of(statement))
-            self._changed.notify_all()
+            if idle:  # only an idle writer waits for writes; waking it for each costs a switch
+                self._changed.notify_all()
 
     def _write_loop(self) -> None:
         while True:
