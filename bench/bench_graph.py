@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import operator
 import os
@@ -40,6 +41,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -262,7 +264,8 @@ def throughput(n_clips: int, concurrency: int, workdir: Path, processes: int = 1
     )
     before = load()
     started = time.perf_counter()
-    summary = run_batch(settings, manifest, "bench", options, runtime=runtime)
+    with _RateProfile(settings.runs_dir / "bench" / "trace.sqlite") as profile:
+        summary = run_batch(settings, manifest, "bench", options, runtime=runtime)
     elapsed = time.perf_counter() - started
     row: dict[str, Any] = {
         "clips": n_clips,
@@ -275,9 +278,41 @@ def throughput(n_clips: int, concurrency: int, workdir: Path, processes: int = 1
         "seconds_in_all": round(elapsed, 2),
         "load_avg_before": before,
         "load_avg_after": load(),
+        "clips_per_s_by_minute": profile.rates(),
     }
     print(f"throughput {row}", flush=True)
     return row
+
+
+class _RateProfile:
+    """Clips committed per minute of a run, read from its trace store (does a run slow down?)."""
+
+    def __init__(self, trace: Path, every_s: float = 60.0) -> None:
+        self.trace, self.every_s = trace, every_s
+        self.counts: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> _RateProfile:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:  # MAX(rowid) is one index lookup, whatever the store's size
+                with sqlite3.connect(f"file:{self.trace}?mode=ro", uri=True, timeout=5) as conn:
+                    row = conn.execute("SELECT MAX(rowid) FROM clip_result").fetchone()
+                self.counts.append(int(row[0] or 0))
+            except sqlite3.Error:
+                self.counts.append(self.counts[-1] if self.counts else 0)
+
+    def rates(self) -> list[float]:
+        done = [0, *self.counts]
+        return [round((b - a) / self.every_s, 1) for a, b in itertools.pairwise(done)]
 
 
 def main() -> None:
@@ -287,6 +322,9 @@ def main() -> None:
     )
     parser.add_argument("--scale-clips", type=int, default=100_000, help="0: skip the scale run")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--skip-threads", action="store_true", help="no thread-executor run before the processes'"
+    )
     parser.add_argument(
         "--processes", type=int, default=2, help="worker processes of the process runs"
     )
@@ -308,8 +346,9 @@ def main() -> None:
         if args.rounds:
             report["overhead"] = overhead(args.overhead_clips, args.rounds, workdir)
         if args.clips:
-            report["throughput_threads"] = throughput(args.clips, args.concurrency, workdir)
-            _save(args.out, report)  # keep what is measured if a long run is cut short
+            if not args.skip_threads:
+                report["throughput_threads"] = throughput(args.clips, args.concurrency, workdir)
+                _save(args.out, report)  # keep what is measured if a long run is cut short
             small = report["throughput"] = throughput(
                 args.clips, args.concurrency, workdir, args.processes
             )
