@@ -167,9 +167,9 @@ EncoderBatchOption = Annotated[
 ProcessesOption = Annotated[
     int,
     typer.Option(
-        help="Worker processes of the local executor, each running CONCURRENCY/N clips and "
-        "loading its own models. More than 1 pays when the graph itself is the bottleneck "
-        "(cached features, a fast LLM server): LangGraph runs on one core per process.",
+        help="Worker processes of the local executor, each running CONCURRENCY/N clips (at "
+        "least 1) and loading its own models. More than 1 pays when the graph itself is the "
+        "bottleneck (cached features, a fast LLM server): LangGraph runs on one core per process.",
         min=1,
     ),
 ]

@@ -151,11 +151,15 @@ def train_stacks(
     """
     if workers <= 1 or len(stacks) <= 1:
         return [train(stack) for stack in stacks]
+    import os
+
     import torch
 
+    # Without --threads the workers share the cores rather than each taking all of them.
+    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+
     def run(stack: Sequence[Combo]) -> Outcome:
-        if threads is not None:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(per_worker)
         return train(stack)
 
     order = sorted(range(len(stacks)), key=lambda i: -len(stacks[i]) * stacks[i][0].hidden)

@@ -12,7 +12,7 @@ them. At most
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -139,22 +139,39 @@ class ThreadExecutor:
         rt = self.runtime = self.runtime or load_run_deps(self.settings, track=session.track)
         session.store.add_secrets(rt.secrets)  # scrub the API key from anything stored
         options = session.options
-        checkpointer = (
-            open_checkpointer(session.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
-        )
-        pruned = _Pruner(checkpointer)
-        try:
+
+        def run(checkpointer: Any) -> Iterator[ClipResult]:
             clips = _ClipRunner(rt, session.run_id, options, checkpointer)
             size = options.encoder_batch or default_encoder_batch(self.settings, rt.tools)
             queue = clips.encoded_first(todo, size) if size > 1 else iter(todo)
-            for result in _as_completed(clips.run, queue, options.concurrency):
-                yield result  # the session commits it before we go on
-                if result.status != "failed":  # a failed clip's thread is where --resume starts
-                    pruned.add(thread_id(session.run_id, result.clip_id))
-        finally:
-            pruned.flush()
-            if checkpointer is not None:
-                checkpointer.close()  # commits what is still queued
+            return _as_completed(clips.run, queue, options.concurrency)
+
+        return checkpointed_results(session, run)
+
+
+def checkpointed_results(
+    session: RunSession, run: Callable[[Any], Iterator[ClipResult]]
+) -> Iterator[ClipResult]:
+    """``run(checkpointer)``'s results, on the run's checkpointer (None without ``checkpoint``).
+
+    Each answered clip's thread is pruned once the session committed it (the ``yield`` returns
+    after the commit); a failed clip's thread stays, where ``--resume`` starts. The checkpointer
+    is closed at the end, which commits what it still has queued.
+    """
+    options = session.options
+    checkpointer = (
+        open_checkpointer(session.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
+    )
+    pruned = _Pruner(checkpointer)
+    try:
+        for result in run(checkpointer):
+            yield result
+            if result.status != "failed":
+                pruned.add(thread_id(session.run_id, result.clip_id))
+    finally:
+        pruned.flush()
+        if checkpointer is not None:
+            checkpointer.close()
 
 
 class _Pruner:

@@ -4,11 +4,11 @@ The clip graph is Python: LangGraph's super-steps, checkpoint serialization, our
 GIL a process runs it on one core, so a batch whose clips cost little else (cached features,
 the six-class tracks over MERTools features, a fast LLM server) is bound by one core however
 many clips are in flight. Here ``N`` spawned workers each run the same :class:`_ClipRunner` as
-the thread executor, ``concurrency / N`` clips at a time, on the same ``checkpoints.sqlite``
+the thread executor, ``ceil(concurrency / N)`` clips at a time, on the same ``checkpoints.sqlite``
 (SQLite serializes their group commits); this process keeps the run session (the trace store,
 counts, exports) and prunes the threads of committed clips.
 
-Work goes out in chunks of clips (``concurrency / N × CHUNK_ROUNDS`` each, at most two chunks
+Work goes out in chunks of clips (a worker's concurrency × ``CHUNK_ROUNDS`` each, at most two chunks
 per worker in flight) and comes back as the chunk's ``ClipResult``s. A worker that dies (killed,
 out of memory) breaks the pool: the clips of the chunks in flight fail, with the reason, a fresh
 pool runs the rest, and ``--resume`` retries the failed ones. Each worker builds its own runtime
@@ -18,6 +18,7 @@ process does.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -138,38 +139,27 @@ class ProcessExecutor:
         return load_run_deps(self.settings, track=session.track)
 
     def results(self, session: RunSession, todo: list[tuple[int, Clip]]) -> Iterator[ClipResult]:
-        from meragent.graphs.batch import _Pruner, thread_id
-        from meragent.graphs.checkpoints import open_checkpointer
+        from meragent.graphs.batch import checkpointed_results
 
         runtime = self._driver_runtime(session)
         self._grouper = runtime.grouper
         session.store.add_secrets(runtime.secrets)  # scrub the API key from anything stored
         options = session.options
-        processes = min(options.processes, max(1, options.concurrency))
         spec = WorkerSpec(
             settings=self.settings,
             run_id=session.run_id,
             run_dir=str(session.run_dir),
             options=options,
-            concurrency=max(1, options.concurrency // processes),
+            # Every worker has a clip in flight, whatever --concurrency says.
+            concurrency=math.ceil(options.concurrency / options.processes),
             encoder_batch=options.encoder_batch,
         )
-        checkpointer = (
-            open_checkpointer(session.run_dir / CHECKPOINT_FILE) if options.checkpoint else None
-        )
-        pruned = _Pruner(checkpointer)
-        try:
-            for result in _pooled(spec, processes, todo):
-                yield result
-                if result.status != "failed":
-                    pruned.add(thread_id(session.run_id, result.clip_id))
-        finally:
-            pruned.flush()
-            if checkpointer is not None:
-                checkpointer.close()
+        # The driver's checkpointer only prunes the threads of committed clips.
+        return checkpointed_results(session, lambda _: _pooled(spec, options.processes, todo))
 
 
 def chunks(todo: list[tuple[int, Clip]], size: int) -> Iterator[list[tuple[int, Clip]]]:
+    """``todo`` in consecutive pieces of ``size`` clips."""
     for start in range(0, len(todo), size):
         yield todo[start : start + size]
 
