@@ -252,6 +252,7 @@ def run_search(
             "precision": config.precision,
             "threads": config.threads,
             "stack_workers": config.stack_workers,
+            "adam_moments": config.adam_moments,
             "protocol": {
                 "search": config.search,
                 "folds": config.folds,
@@ -300,6 +301,9 @@ def main() -> None:
     parser.add_argument(
         "--stack-workers", type=int, default=1, help="stacks trained side by side (threads each)"
     )
+    parser.add_argument(
+        "--adam-moments", default="fp32", help="fp32|bf16: the first layers' Adam moment storage"
+    )
     parser.add_argument("--label", default="exact")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fusion.json"))
     args = parser.parse_args()
@@ -314,6 +318,7 @@ def main() -> None:
             seed=0,
             precision=precision,
             stack_workers=args.stack_workers,
+            adam_moments=args.adam_moments if precision == "bf16" else "fp32",
         )
         print(
             f"{args.label}: {precision}, {args.stack_workers} stack worker(s) x "

@@ -76,7 +76,7 @@ def test_bf16_runs_first_layers_in_bf16_with_fp32_masters_and_records_it(
     # The first-layer weights are stepped by CastingAdam: fp32 masters and moments, bf16
     # gradients, and bf16 copies that equal the masters after the last step.
     casting = trainer.casting_adam
-    assert casting is not None and casting.exp_avg.dtype == torch.float32
+    assert casting is not None and [m.dtype for m in casting.state] == [torch.float32] * 2
     head_steps = int(next(iter(trainer.optimizer.state.values()))["step"])
     assert casting.steps == head_steps > 0
     for name, low in trainer.low_weights.items():
@@ -88,6 +88,31 @@ def test_bf16_runs_first_layers_in_bf16_with_fp32_masters_and_records_it(
     model = save_fusion_model(train_fusion(clips, cache, BRANCHES, config), tmp_path / "bf16-model")
     assert json.loads((model / "config.json").read_text())["precision"] == "bf16"
     assert json.loads((model / "search.json").read_text())["config"]["precision"] == "bf16"
+
+
+def test_bf16_moments_pack_the_first_layers_moments_and_train_as_well(planted) -> None:
+    clips, cache = planted
+    rows, _ = build_training_rows(clips, cache, BRANCHES)
+    trainers: list[StackTrainer] = []
+    packed = cross_validate(
+        rows,
+        FusionTrainConfig(precision="bf16", adam_moments="bf16", **TINY),
+        on_stack=trainers.append,
+    )
+    casting = trainers[0].casting_adam
+    assert casting is not None and [m.dtype for m in casting.state] == [torch.int32]
+    assert casting.state[0].numel() == casting.master.numel()  # 4 bytes for both moments
+    # The head keeps torch's fp32 Adam.
+    moments = [s["exp_avg"].dtype for s in trainers[0].optimizer.state.values()]
+    assert moments and set(moments) == {torch.float32}
+    reference = cross_validate(rows, FusionTrainConfig(precision="bf16", **TINY))
+    for mine, theirs in zip(packed.combos, reference.combos, strict=True):
+        assert abs(mine.waf_mean - theirs.waf_mean) < 0.05
+
+
+def test_bf16_moments_with_fp32_first_layers_are_refused() -> None:
+    with pytest.raises(ValueError, match="bf16 Adam moments need precision bf16"):
+        FusionTrainConfig(adam_moments="bf16", **TINY)
 
 
 def test_fp32_first_layers_stay_fp32(planted, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,3 +179,11 @@ def test_cli_precision_option_is_recorded_in_the_model(tmp_path: Path) -> None:
     assert json.loads((model / "config.json").read_text())["precision"] == "bf16"
     bad = CliRunner().invoke(app, [*args[:-1], "fp16"])
     assert bad.exit_code == 2
+
+    packed = CliRunner().invoke(app, [*args, "--adam-moments", "bf16"])
+    assert packed.exit_code == 0, packed.output
+    assert json.loads((model / "search.json").read_text())["config"]["adam_moments"] == "bf16"
+    # bf16 moments are CastingAdam's: with fp32 first layers they would be silently ignored.
+    refused = CliRunner().invoke(app, [*args[:-1], "fp32", "--adam-moments", "bf16"])
+    assert refused.exit_code == 2
+    assert "bf16 Adam moments need precision bf16" in refused.output

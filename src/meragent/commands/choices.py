@@ -96,6 +96,13 @@ class FusionModel(StrEnum):
     mertools_attention = "mertools_attention"
 
 
+class MomentStorage(StrEnum):
+    """How the fusion search stores its bf16 first layers' Adam moments (fp32 arithmetic)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Valence(StrEnum):
     """Whether a fusion model gets a valence head (auto: when the labels have valence)."""
 

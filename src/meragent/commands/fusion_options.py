@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from meragent.commands.choices import Augment, Device, FusionModel, Precision, Valence
+from meragent.commands.choices import (
+    Augment,
+    Device,
+    FusionModel,
+    MomentStorage,
+    Precision,
+    Valence,
+)
 
 SourceArg = Annotated[
     Path,
@@ -87,6 +94,14 @@ PrecisionOpt = Annotated[
         "Recorded in the model's config.json."
     ),
 ]
+AdamMomentsOpt = Annotated[
+    MomentStorage,
+    typer.Option(
+        help="Storage of the first layers' Adam moments with bf16 precision: fp32, or bf16 "
+        "(both packed in 4 bytes per weight, stochastically rounded; less memory traffic, "
+        "fp32 arithmetic either way). Recorded in search.json."
+    ),
+]
 AugmentOpt = Annotated[
     Augment | None,
     typer.Option(
@@ -123,3 +138,4 @@ class TrainingOptions:
     threads: ThreadsOpt = None
     stack_workers: StackWorkersOpt = 1
     precision: PrecisionOpt = None
+    adam_moments: AdamMomentsOpt = MomentStorage.fp32

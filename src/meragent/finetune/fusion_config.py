@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from meragent.tools.fusion_model import CVSummary
 
@@ -54,6 +54,10 @@ class FusionTrainConfig(BaseModel):
     #: Compute precision of the stacked first layers (bf16: bf16 matmuls, fp32 master weights,
     #: Adam and loss; the command resolves ``auto`` through ``Settings.resolved_precision``).
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: Storage of the first layers' Adam moments with ``precision="bf16"`` (fp32 arithmetic
+    #: either way): bf16 packs both moments in 4 bytes per weight, stochastically rounded, a
+    #: measured option that cuts the optimiser's memory traffic by 2/7 (see ``fusion_adam``).
+    adam_moments: Literal["fp32", "bf16"] = "fp32"
     threads: int | None = Field(default=None, ge=1)
     #: Largest number of stacked first-layer weights trained at once (memory bound).
     max_stack_params: int = Field(default=48_000_000, ge=1)
@@ -82,6 +86,13 @@ class FusionTrainConfig(BaseModel):
     def _dropout_range(cls, value: list[float]) -> list[float]:
         if any(not 0.0 <= v < 1.0 for v in value):
             raise ValueError("dropout rates must be in [0, 1)")
+        return value
+
+    @field_validator("adam_moments")
+    @classmethod
+    def _moments_need_bf16(cls, value: str, info: ValidationInfo) -> str:
+        if value == "bf16" and info.data.get("precision") != "bf16":
+            raise ValueError("bf16 Adam moments need precision bf16 (fp32 uses torch's Adam)")
         return value
 
     @field_validator("model")

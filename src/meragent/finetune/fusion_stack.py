@@ -162,6 +162,7 @@ class StackTrainer:
             self.xs[0].dtype,
             self.combos[0].lr,
             self.config.weight_decay,
+            moments=self.config.adam_moments,
         )
         views = zip(names, casting.params, casting.lows, casting.grads, strict=True)
         for name, master, low, grad in views:
