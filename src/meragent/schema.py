@@ -49,6 +49,10 @@ class Clip(BaseModel):
     audio: Path | None = None
     subtitle: str | None = None
     language: str | None = None
+    #: Every transcript the source holds for this clip, by language (MER transcriptions carry
+    #: Chinese and English): how a text feature extracted from another language than
+    #: ``subtitle``'s is still recognised as this clip's.
+    transcripts: dict[str, str] = Field(default_factory=dict)
     discrete: str | None = None
     valence: float | None = None
     openset: list[str] | None = None

@@ -88,3 +88,34 @@ def test_mertools_features_to_a_scored_submission(mer2023: Path, tmp_path: Path)
     assert report["n_samples"] == N_TEST and report["n_missing_predictions"] == 0
     assert report["mse"] is not None and report["n_valence"] == N_TEST
     assert report["mer2023_score"] == pytest.approx(report["waf"] - 0.25 * report["mse"])
+
+
+def test_english_subtitle_features_are_this_clips_for_fusion_training(
+    mer2023: Path, tmp_path: Path
+) -> None:
+    """A folder extracted with ``--subtitle-language en`` stamps each vector with the English
+    transcript; ``fusion train`` loads the clips with their Chinese subtitle. Every clip's
+    English vector must still count as its own (it once counted as stale for all but the few
+    clips whose two transcripts are equal), and a vector made from some other text must not."""
+    from meragent.data.manifest import load_manifest
+    from meragent.finetune.fusion_data import build_training_rows
+    from meragent.tools.feature_cache import FeatureCache, FeatureRecipe, SourceStamp
+
+    data = _small_copy(mer2023, tmp_path / "mer2023")
+    clips = load_manifest(data, split="train", media="optional").clips
+    english = {c.id: c.transcripts["en"] for c in clips if "en" in c.transcripts}
+    assert len(english) > 0.9 * N_TRAIN
+    assert sum(english[c.id] != c.subtitle for c in clips if c.id in english) > 0.9 * len(english)
+    cache = FeatureCache(tmp_path / "features")
+    recipe = FeatureRecipe("bundled:minilm", {"backend": "minilm"}, input="text")
+    rng = np.random.default_rng(0)
+    for clip_id, text in english.items():
+        cache.save(
+            "en", clip_id, rng.normal(size=4), source=SourceStamp.of_text(text), recipe=recipe
+        )
+    stale = next(iter(english))
+    cache.save("en", stale, np.ones(4), source=SourceStamp.of_text("another text"), recipe=recipe)
+
+    rows, report = build_training_rows(clips, cache, [("en",)])
+    assert report.n_labelled == len(english) - 1
+    assert stale not in rows.clip_ids and set(rows.clip_ids) == set(english) - {stale}

@@ -69,6 +69,9 @@ class ClipLike(HasMedia, Protocol):
     @property
     def subtitle(self) -> str | None: ...
 
+    @property
+    def transcripts(self) -> Mapping[str, str]: ...
+
 
 def _checked_name(kind: str, name: str) -> str:
     if not _SAFE_NAME.match(name) or ".." in name:
@@ -315,13 +318,24 @@ class FeatureCache:
         text folder and no subtitle) and a plain folder get whatever vector is stored.
         """
         recorded = self.recipe_of(encoder)
-        source: SourceStamp | None = None
         if recorded is not None and recorded.input == "text":
-            subtitle = (clip.subtitle or "").strip()
-            source = SourceStamp.of_text(subtitle) if subtitle else None
-        elif recorded is not None:
-            source = SourceStamp.of_clip(clip)
+            return self._lookup_text(encoder, clip)
+        source = SourceStamp.of_clip(clip) if recorded is not None else None
         return self.lookup(encoder, clip.id, source=source)
+
+    def _lookup_text(self, encoder: str, clip: ClipLike) -> np.ndarray | None:
+        """A text folder's vector if it was made from any of the clip's transcripts: a folder
+        extracted with ``--subtitle-language en`` is read by a loader whose ``subtitle`` is
+        the Chinese one."""
+        texts = [clip.subtitle or "", *clip.transcripts.values()]
+        stamps = [SourceStamp.of_text(t.strip()) for t in dict.fromkeys(texts) if t.strip()]
+        if not stamps:
+            return self.lookup(encoder, clip.id)
+        for stamp in stamps:
+            vector = self.lookup(encoder, clip.id, source=stamp)
+            if vector is not None:
+                return vector
+        return None
 
     def _read_record(self, encoder: str, clip_id: str) -> dict[str, Any] | None:
         try:

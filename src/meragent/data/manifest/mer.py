@@ -14,7 +14,7 @@ clip without media when the caller reads features instead (``Wanted.media == "op
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ def _mer_clip(name: Any, entry: Any, files: _MerFiles, subtitles: Transcripts) -
         audio=resolve_inside(files.root, audio) if audio.is_file() else None,
         subtitle=subtitles.texts.get(clip_id),
         language=subtitles.language,
+        transcripts=subtitles.of_clip(clip_id),
         discrete=discrete,
         valence=valence,
     )
@@ -147,10 +148,17 @@ class Transcripts:
 
     texts: dict[str, str]
     language: str = "zh"
+    #: language -> name -> text, for every transcript column the file has.
+    by_language: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def of_clip(self, name: str) -> dict[str, str]:
+        return {lang: texts[name] for lang, texts in self.by_language.items() if name in texts}
 
 
 #: Transcript column -> language code; MER's text is Chinese unless the column says otherwise.
 _TRANSCRIPT_LANGUAGES = {"english": "en"}
+#: The transcript columns of MER's transcription files, by language.
+_LANGUAGE_COLUMNS = {"zh": "chinese", "en": "english"}
 
 
 def _read_transcriptions(
@@ -171,6 +179,8 @@ def _read_transcriptions(
         return Transcripts({})
     language = _TRANSCRIPT_LANGUAGES.get(header[columns["subtitle"]], "zh")
     subtitles: dict[str, str] = {}
+    others = {lang: header.index(col) for lang, col in _LANGUAGE_COLUMNS.items() if col in header}
+    by_language: dict[str, dict[str, str]] = {lang: {} for lang in others}
     for record in records:
         problem = _transcript_problem(record, columns)
         if problem is not None:
@@ -181,10 +191,19 @@ def _read_transcriptions(
         if len(record.fields) <= max(columns["name"], columns["subtitle"]):
             continue
         name = printable(record.fields[columns["name"]]).strip()
-        text = record.fields[columns["subtitle"]].strip()
-        if text and text.lower() != "nan":
+        text = _transcript_text(record.fields, columns["subtitle"])
+        if text is not None:
             subtitles[name] = text
-    return Transcripts(subtitles, language)
+        for lang, index in others.items():
+            other = _transcript_text(record.fields, index)
+            if other is not None:
+                by_language[lang][name] = other
+    return Transcripts(subtitles, language, by_language)
+
+
+def _transcript_text(fields: list[str], index: int) -> str | None:
+    text = fields[index].strip() if index < len(fields) else ""
+    return text if text and text.lower() != "nan" else None
 
 
 def _transcript_problem(record: CsvRecord, columns: Mapping[str, int]) -> RowProblem | None:
