@@ -204,6 +204,30 @@ def test_subtitle_language_picks_the_transcript_column(tmp_path: Path) -> None:
     english = load_manifest(folder, media="optional", split="train", subtitle_language="en")
     assert (default.subtitle, default.language) == ("你好", "zh")
     assert (english.clips[0].subtitle, english.clips[0].language) == ("hello", "en")
+    # Either way the clip carries both transcripts: a feature folder extracted from the other
+    # language must still be recognised as this clip's (FeatureCache.lookup_clip).
+    assert default.transcripts == english.clips[0].transcripts == {"zh": "你好", "en": "hello"}
     manifest = _write(tmp_path / "m.csv", "name,subtitle,discrete\nx,words,happy\n")
     with pytest.raises(DataError, match="has no 'english' subtitle column"):
         load_manifest(manifest, subtitle_language="en")  # never the wrong language silently
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("m.csv", "name,chinese,english,discrete\nx,你好,hello,happy\ny,再见,,sad\n"),
+        (
+            "m.jsonl",
+            '{"name": "x", "chinese": "你好", "english": "hello", "discrete": "happy"}\n'
+            '{"name": "y", "chinese": "再见", "discrete": "sad"}\n',
+        ),
+    ],
+)
+def test_manifests_with_both_transcript_columns_keep_both(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    clips = load_manifest(_write(tmp_path / name, text), media="optional").clips
+    assert [(c.subtitle, c.transcripts) for c in clips] == [
+        ("你好", {"zh": "你好", "en": "hello"}),
+        ("再见", {"zh": "再见"}),
+    ]

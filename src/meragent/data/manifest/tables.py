@@ -18,6 +18,7 @@ from typing import Any
 from meragent.data.manifest.csv_records import CsvRecord, has_bad_bytes, read_csv_records
 from meragent.data.manifest.rows import (
     COLUMN_ALIASES,
+    SUBTITLE_COLUMNS,
     Collector,
     ManifestLoad,
     RowProblem,
@@ -56,7 +57,14 @@ def load_table(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
             found.error(record.line, clip_id, problem.reason, problem.kind)
             continue
         fields = record.fields
-        values = {f: fields[i] if i < len(fields) else "" for f, i in columns.items()}
+        values: dict[str, Any] = {
+            f: fields[i] if i < len(fields) else "" for f, i in columns.items()
+        }
+        values["transcripts"] = {
+            lang: fields[header.index(col)]
+            for lang, col in SUBTITLE_COLUMNS.items()
+            if col in header and header.index(col) < len(fields)
+        }
         if split is not None and values.get("split", "").strip() != split:
             continue
         found.add(record.line, clip_id, partial(_clip_from_fields, values, root, want))
@@ -92,6 +100,9 @@ def load_jsonl(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
         }
         if want.subtitle_column is not None:
             values["subtitle"] = record.get(want.subtitle_column)
+        values["transcripts"] = {
+            lang: record[col] for lang, col in SUBTITLE_COLUMNS.items() if col in record
+        }
         if split is not None and str(values.get("split") or "") != split:
             continue
         clip_id = clean_text(values["name"])
@@ -154,7 +165,14 @@ def _clip_from_fields(values: Mapping[str, Any], root: Path, want: Wanted) -> Cl
         audio=audio,
         subtitle=subtitle,
         language=clean_text(values.get("language")) or want.subtitle_language,
+        transcripts=_transcripts(values.get("transcripts") or {}),
         discrete=discrete,
         valence=valence,
         openset=openset,
     )
+
+
+def _transcripts(by_language: Mapping[str, Any]) -> dict[str, str]:
+    """The row's ``chinese``/``english`` columns by language (see ``Clip.transcripts``)."""
+    texts = {lang: clean_text(value) for lang, value in by_language.items()}
+    return {lang: text for lang, text in texts.items() if text}
