@@ -251,7 +251,11 @@ class FeatureCache:
         """True for a folder with vectors but no ``_meta.json`` (e.g. dropped in from MERTools)."""
         if encoder in self._plain:
             return True
-        if self.recipe_of(encoder) is None and _has_vectors(self.folder(encoder)):
+        # Vectors first, then the metadata: a writer of ours creates _meta.json before its
+        # first vector, so a folder seen with vectors and then without metadata is plain. The
+        # other order raced: no metadata yet, then another first writer's metadata and vector
+        # landed, and this writer took a freshly claimed folder for a plain one.
+        if _has_vectors(self.folder(encoder)) and self.recipe_of(encoder) is None:
             self._plain.add(encoder)  # a plain folder stays plain: we never add metadata to it
             return True
         return False
