@@ -22,6 +22,7 @@ from typing import Any
 from meragent.data.manifest.csv_records import CsvRecord, has_bad_bytes, printable, read_csv_records
 from meragent.data.manifest.label_npz import read_label_npz
 from meragent.data.manifest.rows import (
+    SUBTITLE_COLUMNS,
     Collector,
     ManifestLoad,
     MediaPolicy,
@@ -157,8 +158,6 @@ class Transcripts:
 
 #: Transcript column -> language code; MER's text is Chinese unless the column says otherwise.
 _TRANSCRIPT_LANGUAGES = {"english": "en"}
-#: The transcript columns of MER's transcription files, by language.
-_LANGUAGE_COLUMNS = {"zh": "chinese", "en": "english"}
 
 
 def _read_transcriptions(
@@ -179,7 +178,7 @@ def _read_transcriptions(
         return Transcripts({})
     language = _TRANSCRIPT_LANGUAGES.get(header[columns["subtitle"]], "zh")
     subtitles: dict[str, str] = {}
-    others = {lang: header.index(col) for lang, col in _LANGUAGE_COLUMNS.items() if col in header}
+    others = {lang: header.index(col) for lang, col in SUBTITLE_COLUMNS.items() if col in header}
     by_language: dict[str, dict[str, str]] = {lang: {} for lang in others}
     for record in records:
         problem = _transcript_problem(record, columns)

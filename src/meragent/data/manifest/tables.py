@@ -50,6 +50,9 @@ def load_table(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
     if split is not None and "split" not in columns:
         raise DataError(f"--split {split!r} given but manifest {path} has no 'split' column")
     found = Collector(path.name)
+    transcript_columns = {
+        lang: header.index(col) for lang, col in SUBTITLE_COLUMNS.items() if col in header
+    }
     for record in records:
         clip_id = field_text(record.fields, columns["name"])
         problem = _table_row_problem(header, record)
@@ -61,9 +64,7 @@ def load_table(path: Path, root: Path, split: str | None, want: Wanted) -> Manif
             f: fields[i] if i < len(fields) else "" for f, i in columns.items()
         }
         values["transcripts"] = {
-            lang: fields[header.index(col)]
-            for lang, col in SUBTITLE_COLUMNS.items()
-            if col in header and header.index(col) < len(fields)
+            lang: fields[i] for lang, i in transcript_columns.items() if i < len(fields)
         }
         if split is not None and values.get("split", "").strip() != split:
             continue
